@@ -1,0 +1,205 @@
+"""The Python API: ``TransferClassifier(...).fit(data)``, ``predict``, ``score``, ``save`` and ``load``.
+
+scikit-learn conventions: ``__init__`` only stores parameters; what ``fit`` learns ends in ``_``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .backbones import DEFAULT_BACKBONE, get_backbone
+from .backbones.base import PreprocessConfig, Stage
+from .config import TrainConfig
+from .data import Examples, as_examples, check_duplicates, class_list, decode_all, encode_labels, iter_decoded
+from .data import stratified_split
+from .errors import DataError, HeadstartError
+from .model import TransferModel
+from .run import METRICS, read_run, save_run
+from .runtime import default_device, inference_context, resolve_precision, to_fast_layout
+
+log = logging.getLogger("headstart")
+
+
+class TransferClassifier:
+    """Fine-tune a pretrained backbone on your labelled images.
+
+    >>> clf = TransferClassifier("timm:tf_efficientnet_lite0", strategy="two-stage").fit("data/train")
+    >>> clf.predict(["a.jpg"]); clf.score("data/test"); clf.save("runs/x")
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, strategy: str = "two-stage", *,
+                 config: TrainConfig | None = None, pretrained: bool = True, verbose: bool = False,
+                 **train_options: Any):
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.verbose = verbose
+        base = config or TrainConfig()
+        self.config = base.replace(strategy=strategy, **train_options) if (strategy != base.strategy or train_options) \
+            else base
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X, y: Sequence | None = None, *, validation=None, out: str | Path | None = None,
+            progress: Callable | None = None) -> "TransferClassifier":
+        """Train on ``X`` (a class-per-folder directory, a CSV, or images with labels ``y``)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        if out is not None:
+            from .storage import check_writable
+
+            check_writable(out)  # fail before any training, never after an hour of it
+        train_ex = check_duplicates(as_examples(X, y))
+        if train_ex.labels is None:
+            raise DataError("Training needs labels: pass y, a class-per-folder directory, or a CSV with labels.")
+        self.classes_ = class_list(train_ex.labels)
+        if validation is not None:
+            val_ex = as_examples(*validation) if isinstance(validation, tuple) else as_examples(validation)
+        elif cfg.val_fraction > 0:
+            tr, va = stratified_split(train_ex.labels, cfg.val_fraction, cfg.seed)
+            train_ex, val_ex = train_ex.subset(tr), (train_ex.subset(va) if va else None)
+        else:
+            val_ex = None
+
+        from .train import TrainData, fit, seed_everything
+
+        seed_everything(cfg.seed)
+        backbone = get_backbone(self.backbone, pretrained=self.pretrained)
+        self.model_ = TransferModel(backbone.module, backbone.num_features, len(self.classes_),
+                                    backbone.preprocess, stages=backbone.stages, dropout=cfg.dropout)
+        self.model_.to(default_device())
+        self.preprocess_ = backbone.preprocess
+        self.backbone_info_ = _backbone_info(backbone)
+
+        tr = decode_all(train_ex, backbone.preprocess, strict=cfg.strict)
+        self.skipped_ = list(tr.skipped)
+        data = TrainData(tr.pixels, encode_labels([train_ex.labels[i] for i in tr.index], self.classes_))
+        if val_ex is not None:
+            va = decode_all(val_ex, backbone.preprocess, strict=cfg.strict)
+            self.skipped_ += va.skipped
+            data.x_val = va.pixels
+            data.y_val = encode_labels([val_ex.labels[i] for i in va.index], self.classes_)
+        for name, why in self.skipped_:
+            log.warning("skipped unreadable image %s: %s", name, why)
+
+        metrics_path = None
+        if out is not None:
+            metrics_path = Path(out) / METRICS
+            metrics_path.unlink(missing_ok=True)
+        self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress)
+        self.data_info_ = {"origin": train_ex.origin, "n_train": len(data.x_train),
+                           "n_val": 0 if data.x_val is None else len(data.x_val),
+                           "n_skipped": len(self.skipped_), "skipped": self.skipped_[:50]}
+        self.fit_seconds_ = round(time.perf_counter() - t0, 2)
+        if out is not None:
+            self.save(out)
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (n_images, n_classes), columns in ``classes_`` order."""
+        probs, skipped = self._predict_examples(as_examples(X))
+        if skipped:
+            name, why = skipped[0]
+            raise DataError(f"Cannot predict {name!r}: {why}. ({len(skipped)} unreadable input(s) in all.)")
+        return probs
+
+    def predict(self, X) -> np.ndarray:
+        return np.asarray(self.classes_, dtype=object)[self.predict_proba(X).argmax(1)]
+
+    def score(self, X, y: Sequence | None = None) -> float:
+        """Accuracy on labelled data (folder, CSV, or images + ``y``)."""
+        return float(self.evaluate(X, y)["accuracy"])
+
+    def evaluate(self, X, y: Sequence | None = None) -> dict[str, Any]:
+        """Accuracy, per-class precision/recall/F1 and the confusion matrix."""
+        from .evaluate import classification_metrics
+
+        ex = as_examples(X, y)
+        if ex.labels is None:
+            raise DataError("Evaluation needs labels: a class-per-folder directory, a CSV with labels, or y.")
+        truth = encode_labels(ex.labels, self.classes_)
+        probs, skipped, kept = self._predict_examples(ex, with_index=True)
+        report = classification_metrics(truth[kept].numpy(), probs.argmax(1), self.classes_)
+        report["n_skipped"] = len(skipped)
+        report["skipped"] = skipped[:50]
+        return report
+
+    def _predict_examples(self, ex: Examples, with_index: bool = False, batch_size: int = 64):
+        self._check_fitted()
+        model = self.model_.eval()
+        to_fast_layout(model)
+        device = next(model.parameters()).device
+        precision = resolve_precision(self.config.precision, device)
+        outs, kept, skipped = [], [], []
+        with inference_context(precision, device):
+            for part in iter_decoded(ex, self.preprocess_, batch_size=batch_size):
+                skipped += part.skipped
+                kept += part.index
+                if len(part.pixels):
+                    outs.append(torch.softmax(model(part.pixels.to(device)).float(), 1).cpu())
+        probs = torch.cat(outs).numpy() if outs else np.zeros((0, len(self.classes_)), dtype=np.float32)
+        return (probs, skipped, kept) if with_index else (probs, skipped)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        self._check_fitted()
+        meta = {
+            "backbone": self.backbone_info_,
+            "classes": list(self.classes_),
+            "preprocess": self.preprocess_.to_dict(),
+            "config": self.config.to_dict(),
+            "history": {"phases": self.history_.phases, "precision": self.history_.precision,
+                        "seconds": self.history_.seconds} if hasattr(self, "history_") else None,
+            "metrics": self.final_metrics_() if hasattr(self, "history_") else None,
+            "data": getattr(self, "data_info_", None),
+        }
+        return save_run(directory, self.model_, meta)
+
+    def final_metrics_(self) -> dict[str, Any]:
+        best = [r for r in self.history_.epochs if r.get("best")]
+        last = self.history_.epochs[-1] if self.history_.epochs else {}
+        rec = best[-1] if best else last
+        return {k: rec[k] for k in ("phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc") if k in rec}
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise HeadstartError("This TransferClassifier is not fitted yet; call fit() or headstart.load(run_dir).")
+
+    def __repr__(self) -> str:
+        return f"TransferClassifier(backbone={self.backbone!r}, strategy={self.config.strategy!r})"
+
+
+def _backbone_info(backbone) -> dict[str, Any]:
+    return {"spec": backbone.spec, "architecture": backbone.architecture,
+            "weights_sha256": backbone.weights_sha256, "num_features": backbone.num_features,
+            "num_params": backbone.num_params, "stages": [s.name for s in backbone.stages],
+            "notes": backbone.notes}
+
+
+def load(directory: str | Path) -> TransferClassifier:
+    """Rebuild a saved run offline: same architecture, weights, classes and preprocessing."""
+    from .backbones.base import timm_stages
+    from .backbones.timm_source import empty_timm
+
+    meta, state = read_run(directory)
+    info = meta["backbone"]
+    module = empty_timm(info["architecture"])
+    preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+    stages: list[Stage] = timm_stages(module)
+    model = TransferModel(module, info["num_features"], len(meta["classes"]), preprocess, stages=stages,
+                          dropout=meta["config"].get("dropout", 0.0))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise HeadstartError(f"{str(directory)!r}: weights do not match the recorded architecture "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    clf = TransferClassifier(info["spec"], config=TrainConfig.from_dict(meta["config"]))
+    clf.model_ = model.to(default_device()).eval()
+    clf.classes_ = meta["classes"]
+    clf.preprocess_ = preprocess
+    clf.backbone_info_ = info
+    clf.meta_ = meta
+    return clf

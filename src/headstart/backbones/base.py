@@ -1,0 +1,125 @@
+"""What every backbone provides: a feature extractor, its stages and its preprocessing."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..storage import file_sha256  # noqa: F401  (re-exported)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreprocessConfig:
+    """How inputs must be prepared for the weights (it travels with them, as in timm's PretrainedCfg)."""
+
+    input_size: int = 224  # square side in pixels after resize and crop
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875  # resize the short side to input_size / crop_pct, then centre-crop
+
+    @property
+    def resize_size(self) -> int:
+        return int(round(self.input_size / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for key in ("mean", "std"):
+            if key in kw:
+                kw[key] = tuple(float(x) for x in kw[key])
+        return cls(**kw)
+
+    @classmethod
+    def from_timm(cls, cfg: dict[str, Any]) -> "PreprocessConfig":
+        size = cfg.get("test_input_size") or cfg.get("input_size") or (3, 224, 224)
+        return cls(
+            input_size=int(size[-1]),
+            mean=tuple(float(x) for x in cfg.get("mean", cls.mean)),
+            std=tuple(float(x) for x in cfg.get("std", cls.std)),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+            crop_pct=float(cfg.get("test_crop_pct") or cfg.get("crop_pct") or 0.875),
+        )
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One freezable unit of a backbone, in input-to-output order."""
+
+    name: str
+    param_names: tuple[str, ...]
+
+
+@dataclass
+class Backbone:
+    """A pretrained network without its classifier, ready to be put under a new head.
+
+    ``module`` maps a normalised float batch to pooled features of size ``num_features``.
+    """
+
+    spec: str  # the registry key it was built from, e.g. "timm:tf_efficientnet_lite0"
+    architecture: str  # what rebuilds the module (a timm model name)
+    module: nn.Module
+    num_features: int
+    stages: list[Stage]
+    preprocess: PreprocessConfig
+    weights_sha256: str  # content hash of the backbone weights (feature-cache key, provenance)
+    source_head: nn.Linear | None = None  # the original classifier (ImageNet head), kept for LEEP
+    source_classes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A hash of a state dict's contents (names, dtypes, shapes, values), independent of file format."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def timm_stages(model: nn.Module) -> list[Stage]:
+    """Freezable stages from timm's own ``group_matcher`` metadata (stem, block groups, head)."""
+    from timm.models import group_parameters
+
+    names = [n for n, _ in model.named_parameters()]
+    try:
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+    except (AttributeError, NotImplementedError):
+        # Model without timm metadata: fall back to one stage per top-level child.
+        groups = {}
+        for n in names:
+            groups.setdefault(n.split(".")[0], []).append(n)
+    stages = []
+    for params in groups.values():
+        params = [p for p in params if p in names]
+        if params:
+            stages.append(Stage(_stage_name(params), tuple(params)))
+    return stages
+
+
+def _stage_name(params: list[str]) -> str:
+    prefixes: list[str] = []
+    for p in params:
+        parts = p.split(".")
+        prefix = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+    if len(prefixes) > 3:
+        return f"{prefixes[0]}..{prefixes[-1]}"
+    return "+".join(prefixes)

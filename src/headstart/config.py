@@ -1,0 +1,93 @@
+"""Training configuration: one frozen, keyword-only dataclass that round-trips through JSON."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import HeadstartError, check_choice
+
+STRATEGIES = ("linear-probe", "partial", "full", "two-stage")
+PRECISIONS = ("auto", "bf16", "fp32")
+SCHEDULES = ("cosine", "onecycle")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    strategy: str = field(default="two-stage", metadata={"help": f"one of {STRATEGIES}"})
+    freeze_stages: int | None = field(default=None, metadata={
+        "help": "partial: the first K backbone stages stay frozen. two-stage: after the head stage, "
+                "unfreeze from stage K (default 0 = all)."})
+    epochs: int = field(default=8, metadata={"help": "epochs over images when the backbone trains"})
+    head_epochs: int = field(default=40, metadata={
+        "help": "epochs of head-only training (on cached features: each takes a fraction of a second)"})
+    batch_size: int = 32
+    lr: float = field(default=1e-3, metadata={"help": "learning rate of the new head"})
+    backbone_lr_ratio: float = field(default=0.1, metadata={
+        "help": "backbone LR = lr x this: pretrained weights move less than the new head"})
+    layer_decay: float | None = field(default=None, metadata={
+        "help": "each stage below the top trains at this x the LR of the stage above it "
+                "(discriminative LRs). Default 0.8 for two-stage, 1.0 otherwise."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW; never applied to biases and norms"})
+    label_smoothing: float = 0.1
+    warmup_frac: float = field(default=0.1, metadata={"help": "fraction of each stage's steps spent warming up"})
+    schedule: str = field(default="cosine", metadata={"help": f"one of {SCHEDULES}"})
+    augment: bool = field(default=True, metadata={
+        "help": "random flip + resized crop while the backbone trains (head-only stages use cached features)"})
+    val_fraction: float = field(default=0.2, metadata={"help": "held out per class when no validation set is given"})
+    patience: int = field(default=5, metadata={"help": "early stopping: epochs without validation improvement"})
+    dropout: float = 0.0
+    seed: int = 0
+    precision: str = field(default="auto", metadata={"help": f"one of {PRECISIONS}; auto = bf16 where the CPU/GPU supports it"})
+    strict: bool = field(default=False, metadata={"help": "fail on the first unreadable image instead of skipping it"})
+    use_feature_cache: bool = True
+
+    def __post_init__(self):
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        _positive("epochs", self.epochs, allow_zero=True)
+        _positive("head_epochs", self.head_epochs, allow_zero=True)
+        _positive("batch_size", self.batch_size)
+        _positive("lr", self.lr)
+        if not 0.0 < self.backbone_lr_ratio <= 10:
+            raise HeadstartError(f"backbone_lr_ratio must be in (0, 10]; got {self.backbone_lr_ratio}.")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise HeadstartError(f"layer_decay must be in (0, 1]; got {self.layer_decay}.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise HeadstartError(f"val_fraction must be in [0, 1); got {self.val_fraction}.")
+        if self.freeze_stages is not None and self.freeze_stages < 0:
+            raise HeadstartError(f"freeze_stages must be >= 0; got {self.freeze_stages}.")
+        if self.strategy == "partial" and self.freeze_stages is None:
+            raise HeadstartError("strategy 'partial' needs freeze_stages (CLI: --freeze-stages K), "
+                                 "the number of leading backbone stages to keep frozen.")
+        if self.strategy == "linear-probe" and self.head_epochs == 0:
+            raise HeadstartError("strategy 'linear-probe' trains only the head: head_epochs must be > 0.")
+
+    @property
+    def effective_layer_decay(self) -> float:
+        if self.layer_decay is not None:
+            return self.layer_decay
+        return 0.8 if self.strategy == "two-stage" else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            from .errors import did_you_mean
+
+            raise HeadstartError(f"Unknown training option {unknown[0]!r}." + did_you_mean(unknown[0], names))
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise HeadstartError(f"The {name!r} parameter must be {bound}; got {value!r} instead.")

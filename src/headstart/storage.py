@@ -1,0 +1,138 @@
+"""Files: where caches live, atomic writes, and safe loading of weights.
+
+Two rules hold everywhere in headstart:
+* an artefact is written to a temporary file, fsynced, then renamed over the target, so a crash
+  mid-write leaves the previous version intact;
+* weights never go through an unrestricted unpickler (``torch.load(weights_only=True)`` or safetensors).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import HeadstartError, UnsafeWeightsError
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$HEADSTART_CACHE`` (default ``~/.cache/headstart``), joined with ``parts`` and created."""
+    root = Path(os.environ.get("HEADSTART_CACHE") or Path.home() / ".cache" / "headstart")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success fsync it and rename it over ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_weights(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) -> dict:
+    """Load a state dict without ever running code from the file.
+
+    ``.safetensors`` is read directly. Pickle-based formats go through ``torch.load(weights_only=True)``;
+    a file that needs arbitrary objects is refused unless ``allow_unsafe_pickle`` is set explicitly.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise HeadstartError(f"Weights file {str(path)!r} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise HeadstartError(f"{str(path)!r} is not a valid safetensors file ({exc}).") from exc
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise HeadstartError(
+            f"Unsupported weights format {path.suffix!r} for {str(path)!r}; use .safetensors "
+            f"or one of {list(PICKLE_SUFFIXES)}."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle)
+    except Exception as exc:
+        if allow_unsafe_pickle:
+            raise HeadstartError(f"Could not load {str(path)!r}: {exc}") from exc
+        raise UnsafeWeightsError(
+            f"Refused to load {str(path)!r}: it is not a plain tensor checkpoint, and unpickling it "
+            f"could run arbitrary code ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Convert it to .safetensors, or pass allow_unsafe_pickle=True "
+            "(CLI: --allow-unsafe-pickle) only if you trust whoever made the file."
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise HeadstartError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors.")
+    return state
+
+
+def check_writable(directory: str | os.PathLike) -> Path:
+    """Fail early, before any training, when the output directory cannot be written."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise HeadstartError(
+            f"Cannot write to output directory {str(directory)!r} ({exc.strerror or exc}). "
+            "Choose another --out, or fix its permissions / free some disk space."
+        ) from exc
+    return directory

@@ -1,0 +1,200 @@
+"""The training loop. Read it top to bottom: for each phase of the strategy, freeze, build the
+optimizer, train with warmup + cosine, validate, keep the best weights, stop early.
+
+Device, precision and distribution are Accelerate's job (``prepare`` / ``backward``); the loop is ours.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .backbones.base import Backbone
+from .config import TrainConfig
+from .data.images import augment
+from .features import cached_features
+from .model import TransferModel
+from .runtime import make_accelerator, resolve_precision, to_fast_layout
+from .strategies import Phase, apply_freeze, param_groups, plan_phases
+
+
+@dataclass
+class TrainData:
+    x_train: torch.Tensor  # uint8 (N, 3, S, S)
+    y_train: torch.Tensor
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    phases: list[dict] = field(default_factory=list)
+    precision: str = "fp32"
+    seconds: float = 0.0
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainConfig, *,
+        metrics_path: Path | None = None, progress: Callable | None = None) -> History:
+    """Train ``model`` in place following ``cfg.strategy``; returns the per-epoch history."""
+    start = time.perf_counter()
+    precision = resolve_precision(cfg.precision)
+    history = History(precision=precision)
+    phases = plan_phases(cfg, len(backbone.stages))
+    for phase in phases:
+        apply_freeze(model, backbone.stages, phase.frozen)
+        t0 = time.perf_counter()
+        if phase.head_only(len(backbone.stages)):
+            records = _fit_head_on_features(model, backbone, data, cfg, phase, precision, progress)
+        else:
+            records = _fit_images(model, backbone, data, cfg, phase, precision, progress)
+        history.epochs.extend(records)
+        history.phases.append({"name": phase.name, "frozen_stages": phase.frozen, "epochs_run": len(records),
+                               "seconds": round(time.perf_counter() - t0, 2)})
+        if metrics_path is not None:
+            with open(metrics_path, "a") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+    apply_freeze(model, backbone.stages, 0)  # a saved model is a plain, fully trainable module
+    model.eval()
+    history.seconds = round(time.perf_counter() - start, 2)
+    return history
+
+
+def _fit_head_on_features(model, backbone, data, cfg, phase, precision, progress):
+    """Backbone frozen and no augmentation: features once (cached on disk), then train only the head."""
+    device = next(model.parameters()).device
+    feats = {}
+    for split, x in (("train", data.x_train), ("val", data.x_val)):
+        if x is not None and len(x):
+            feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=precision,
+                                              device=device, use_cache=cfg.use_feature_cache)
+    val = (feats["val"], data.y_val) if "val" in feats else None
+    # Head-only epochs are cheap: a larger batch is fine and much faster.
+    return _train_module(model.head, (feats["train"], data.y_train), val, cfg, phase,
+                         precision=precision, batch_size=max(cfg.batch_size, 128), augment_fn=None,
+                         progress=progress, images_per_step=1)
+
+
+def _fit_images(model, backbone, data, cfg, phase, precision, progress):
+    to_fast_layout(model)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    aug = (lambda xb: augment(xb, gen)) if cfg.augment else None
+    val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
+    return _train_module(model, (data.x_train, data.y_train), val, cfg, phase, precision=precision,
+                         batch_size=cfg.batch_size, augment_fn=aug, progress=progress)
+
+
+def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase, *, precision: str,
+                  batch_size: int, augment_fn, progress, images_per_step: int = 1) -> list[dict]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    accel = make_accelerator(precision)
+    train_loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=gen,
+                              drop_last=len(train[0]) > batch_size)
+    val_loader = DataLoader(TensorDataset(*val), batch_size=max(batch_size, 64)) if val else None
+    optimizer = torch.optim.AdamW(_groups_for(module, cfg))
+    steps = max(1, phase.epochs * math.ceil(len(train_loader) / accel.num_processes))
+    scheduler = _make_scheduler(optimizer, cfg, steps)
+    module, optimizer, train_loader, scheduler = accel.prepare(module, optimizer, train_loader, scheduler)
+    if val_loader is not None:
+        val_loader = accel.prepare(val_loader)
+
+    best_score, best_state, bad_epochs, records = None, None, 0, []
+    for epoch in range(1, phase.epochs + 1):
+        t0 = time.perf_counter()
+        module.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for xb, yb in train_loader:
+            if augment_fn is not None:
+                xb = augment_fn(xb)
+            logits = module(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            accel.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            total_loss += loss.item() * len(yb)
+            correct += (logits.argmax(1) == yb).sum().item()
+            seen += len(yb)
+        seconds = time.perf_counter() - t0
+        rec = {"phase": phase.name, "epoch": epoch, "train_loss": round(total_loss / max(seen, 1), 5),
+               "train_acc": round(correct / max(seen, 1), 5), "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
+        if val_loader is not None:
+            rec["val_loss"], rec["val_acc"] = _evaluate(module, val_loader, accel)
+            score = (rec["val_acc"], -rec["val_loss"])
+            if best_score is None or score > best_score:
+                best_score, bad_epochs = score, 0
+                best_state = copy.deepcopy(accel.unwrap_model(module).state_dict())
+                rec["best"] = True
+            else:
+                bad_epochs += 1
+        records.append(rec)
+        if progress is not None:
+            progress(rec, phase.epochs)
+        if val_loader is not None and bad_epochs >= cfg.patience:
+            break
+    module = accel.unwrap_model(module, keep_fp32_wrapper=False)
+    if best_state is not None:
+        module.load_state_dict(best_state)  # the best validation checkpoint, not the last epoch
+    accel.free_memory()
+    return records
+
+
+def _groups_for(module: nn.Module, cfg: TrainConfig) -> list[dict]:
+    if isinstance(module, TransferModel):
+        return param_groups(module, module.stages, cfg)
+    # The head alone (features cached): one group, decay on the weight matrix only.
+    decay = [p for p in module.parameters() if p.ndim >= 2]
+    no_decay = [p for p in module.parameters() if p.ndim < 2]
+    return [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "head"},
+            {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "name": "head"}]
+
+
+def _make_scheduler(optimizer, cfg: TrainConfig, steps: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=steps,
+            pct_start=max(cfg.warmup_frac, 0.05))
+    warmup = int(round(cfg.warmup_frac * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def _evaluate(module: nn.Module, loader, accel) -> tuple[float, float]:
+    module.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for xb, yb in loader:
+        logits = module(xb).float()
+        logits, yb = accel.gather_for_metrics((logits, yb))
+        total_loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct += (logits.argmax(1) == yb).sum().item()
+        seen += len(yb)
+    return round(total_loss / max(seen, 1), 5), round(correct / max(seen, 1), 5)
