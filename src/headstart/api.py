@@ -108,7 +108,8 @@ class TransferClassifier:
         return probs
 
     def predict(self, X) -> np.ndarray:
-        return np.asarray(self.classes_, dtype=object)[self.predict_proba(X).argmax(1)]
+        probs = self.predict_proba(X)
+        return np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
 
     def score(self, X, y: Sequence | None = None) -> float:
         """Accuracy on labelled data (folder, CSV, or images + ``y``)."""

@@ -114,12 +114,23 @@ def timm_stages(model: nn.Module) -> list[Stage]:
 
 
 def _stage_name(params: list[str]) -> str:
-    prefixes: list[str] = []
+    """A readable name: per top-level module, the common path cut after its first index (``blocks.6``)."""
+    by_top: dict[str, list[list[str]]] = {}
     for p in params:
         parts = p.split(".")
-        prefix = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
-        if prefix not in prefixes:
-            prefixes.append(prefix)
-    if len(prefixes) > 3:
-        return f"{prefixes[0]}..{prefixes[-1]}"
-    return "+".join(prefixes)
+        path = parts[:-1] or parts  # module path; a bare parameter (cls_token) names itself
+        by_top.setdefault(path[0], []).append(path)
+    names = []
+    for paths in by_top.values():
+        common = paths[0]
+        for q in paths[1:]:
+            n = 0
+            while n < min(len(common), len(q)) and common[n] == q[n]:
+                n += 1
+            common = common[:n]
+        for i, part in enumerate(common):
+            if part.isdigit():
+                common = common[: i + 1]
+                break
+        names.append(".".join(common))
+    return "+".join(names) if len(names) <= 3 else f"{names[0]}..{names[-1]}"

@@ -1,0 +1,53 @@
+# headstart: `make demo` (set up + run the main job) and `make test` (set up + run the whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Torch is pinned here for this kind of machine (these wheels lie on local disk); override elsewhere,
+# e.g. `make test TORCH_SPEC="torch torchvision"`. The package itself only needs torch>=2.2.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install dev data bench clean help
+
+help:
+	@echo "make demo   - create $(VENV), install headstart, run the Fashion-MNIST demo"
+	@echo "make test   - create $(VENV), install headstart[dev], run the test suite"
+	@echo "make bench  - run the benchmarks in benchmarks/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e ".[offline]"
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+# Fashion-MNIST from Debian when we can install packages; otherwise the demo downloads it.
+data:
+	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	  else echo "note: Fashion-MNIST not installed; headstart will download it"; fi; \
+	fi
+
+demo: install data
+	$(BIN)/headstart demo
+
+test: dev data
+	$(BIN)/python -m pytest -q
+
+bench: dev data
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

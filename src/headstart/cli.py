@@ -1,0 +1,234 @@
+"""The ``headstart`` command: a thin layer over the Python API.
+
+Only typer is imported at start-up; torch and friends load inside the commands, so ``--help`` is instant.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer learning in one command: fine-tune pretrained models on your data.")
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+@app.command()
+def train(
+    data: str = typer.Argument(..., help="Folder with one subfolder per class, or a CSV (path,label)."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run directory to write."),
+    backbone: str = typer.Option("timm:tf_efficientnet_lite0", help="Pretrained backbone (see `headstart backbones`)."),
+    strategy: str = typer.Option("two-stage", help="linear-probe | partial | full | two-stage"),
+    freeze_stages: Optional[int] = typer.Option(None, help="partial: stages kept frozen; two-stage: unfreeze from this stage."),
+    epochs: int = typer.Option(8, help="Epochs while the backbone trains."),
+    head_epochs: int = typer.Option(40, help="Epochs of head-only training (on cached features)."),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(1e-3, help="Learning rate of the new head."),
+    backbone_lr_ratio: float = typer.Option(0.1, help="Backbone LR = lr x this."),
+    layer_decay: Optional[float] = typer.Option(None, help="Per-stage LR decay from the top (default 0.8 two-stage)."),
+    val: Optional[str] = typer.Option(None, help="Validation folder/CSV (default: a stratified split)."),
+    val_fraction: float = typer.Option(0.2),
+    augment: bool = typer.Option(True, help="Random flip + resized crop while the backbone trains."),
+    precision: str = typer.Option("auto", help="auto | bf16 | fp32"),
+    seed: int = typer.Option(0),
+    strict: bool = typer.Option(False, help="Fail on unreadable images instead of skipping them."),
+    path_column: str = typer.Option("path", help="CSV column with image paths."),
+    label_column: str = typer.Option("label", help="CSV column with labels."),
+    pretrained: bool = typer.Option(True, "--pretrained/--random-init", help="Start from pretrained weights (default) or from scratch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Fine-tune a pretrained backbone on labelled images and save the run."""
+    from .api import TransferClassifier
+    from .config import TrainConfig
+    from .data import as_examples
+
+    cfg = TrainConfig(strategy=strategy, freeze_stages=freeze_stages, epochs=epochs, head_epochs=head_epochs,
+                      batch_size=batch_size, lr=lr, backbone_lr_ratio=backbone_lr_ratio, layer_decay=layer_decay,
+                      val_fraction=val_fraction, augment=augment, precision=precision, seed=seed, strict=strict)
+    console = _console()
+    clf = TransferClassifier(backbone, strategy=strategy, config=cfg, pretrained=pretrained)
+    x = as_examples(data, path_column=path_column, label_column=label_column)
+    validation = as_examples(val, path_column=path_column, label_column=label_column) if val else None
+    with _progress(console, quiet) as progress:
+        clf.fit(x, validation=validation, out=out, progress=progress)
+    _print_fit_summary(console, clf, out)
+
+
+class _progress:
+    """A rich progress bar per training phase: epoch, loss, accuracy, images/s and time left."""
+
+    def __init__(self, console, quiet: bool):
+        self.console, self.quiet, self.tasks = console, quiet, {}
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=self.console, transient=False)
+        self.bar.__enter__()
+        return self
+
+    def __call__(self, rec: dict, total: int) -> None:
+        phase = rec["phase"]
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(f"{phase:9s}", total=total, stats="")
+        stats = f"loss {rec['train_loss']:.3f} acc {rec['train_acc']:.3f}"
+        if "val_acc" in rec:
+            stats += f" | val {rec['val_acc']:.3f}"
+        stats += f" | {rec['images_per_s']:.0f} img/s"
+        self.bar.update(self.tasks[phase], completed=rec["epoch"], stats=stats)
+
+    def __exit__(self, *exc):
+        if not self.quiet:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def _print_fit_summary(console, clf, out) -> None:
+    m = clf.final_metrics_()
+    skipped = clf.data_info_["n_skipped"]
+    console.print(f"[green]saved[/green] {out}  ({clf.data_info_['n_train']} train / {clf.data_info_['n_val']} val images, "
+                  f"{len(clf.classes_)} classes, {clf.fit_seconds_:.1f}s, {clf.history_.precision})")
+    if "val_acc" in m:
+        console.print(f"best validation accuracy {m['val_acc']:.4f} ({m['phase']} epoch {m['epoch']})")
+    if skipped:
+        console.print(f"[yellow]skipped {skipped} unreadable image(s):[/yellow]")
+        for name, why in clf.data_info_["skipped"][:10]:
+            console.print(f"  {name}: {why}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run directory written by `headstart train`."),
+    inputs: List[str] = typer.Argument(..., help="Image files (or a folder of images)."),
+    top: int = typer.Option(0, help="Only the top-N class probabilities (0 = all)."),
+):
+    """Print one JSON line per input: path, label, class probabilities."""
+    from .api import load
+    from .data import Examples
+    from .data.sources import IMAGE_SUFFIXES
+
+    clf = load(run)
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    probs, skipped, kept = clf._predict_examples(Examples(paths, None, "inputs"), with_index=True)
+    rows = {i: probs[j] for j, i in enumerate(kept)}
+    errors = dict(skipped)
+    for i, path in enumerate(paths):
+        if i in rows:
+            pr = {str(c): round(float(v), 6) for c, v in zip(clf.classes_, rows[i])}
+            if top:
+                pr = dict(sorted(pr.items(), key=lambda kv: -kv[1])[:top])
+            label = clf.classes_[int(rows[i].argmax())]
+            print(json.dumps({"path": path, "label": label, "probabilities": pr}))
+        else:
+            print(json.dumps({"path": path, "error": errors.get(path, "unreadable")}))
+    if skipped:
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run directory written by `headstart train`."),
+    data: str = typer.Argument(..., help="Labelled test data: class folders or a CSV."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+):
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled test data."""
+    from .api import load
+
+    clf = load(run)
+    report = clf.evaluate(data)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    _print_report(report)
+
+
+def _print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"accuracy [bold]{report['accuracy']:.4f}[/bold]  macro-F1 {report['macro_f1']:.4f}  "
+                  f"({report['n']} images, {report['n_skipped']} skipped)")
+    table = Table("class", "precision", "recall", "F1", "support")
+    for c, m in report["per_class"].items():
+        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+    cm = Table("true \\ predicted", *[c[:10] for c in report["classes"]], title="confusion matrix")
+    for c, row in zip(report["classes"], report["confusion_matrix"]):
+        cm.add_row(c[:16], *[str(v) for v in row])
+    console.print(cm)
+
+
+@app.command()
+def backbones(
+    stages: Optional[str] = typer.Option(None, help="Show the freezable stages of this backbone."),
+):
+    """List available backbones and which work offline right now."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if stages:
+        from .backbones import get_backbone
+
+        bb = get_backbone(stages)
+        t = Table("#", "stage", "params", title=f"{bb.spec}: {bb.num_features} features, input {bb.preprocess.input_size}px")
+        params = dict(bb.module.named_parameters())
+        for i, s in enumerate(bb.stages):
+            t.add_row(str(i), s.name, f"{sum(params[n].numel() for n in s.param_names):,}")
+        console.print(t)
+        return
+    from .backbones import list_backbones
+
+    t = Table("backbone", "weights", "offline now", "how")
+    for row in list_backbones():
+        t.add_row(row["spec"], row["weights"], "yes" if row["offline"] else "no", row["how"])
+    console.print(t)
+
+
+@app.command()
+def demo(
+    per_class: int = typer.Option(100, help="Labelled training images per class."),
+    test_limit: int = typer.Option(0, help="Evaluate on only the first N test images (0 = all 10,000)."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where to save the two runs."),
+):
+    """The main job: Lite0 ImageNet weights on Fashion-MNIST with 100 labels per class."""
+    from .demo import run_demo
+
+    run_demo(per_class=per_class, test_limit=test_limit, out=out)
+
+
+def main() -> None:
+    """Entry point: user errors become one clean line on stderr and exit code 2, never a traceback."""
+    from .errors import HeadstartError
+
+    try:
+        app()
+    except HeadstartError as exc:
+        _console().print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _console().print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

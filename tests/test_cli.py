@@ -1,0 +1,68 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY
+
+HS = [sys.executable, "-m", "headstart.cli"]
+
+
+def run(*args, check=True, **kw):
+    p = subprocess.run([*HS, *map(str, args)], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\nstdout:{p.stdout}\nstderr:{p.stderr}")
+    return p
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = "import sys, headstart.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+    t = time.perf_counter()
+    assert "train" in run("--help").stdout
+    assert time.perf_counter() - t < 10  # generous; typically well under a second
+
+
+def test_train_predict_evaluate_end_to_end(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run("train", image_folder, "--backbone", TINY, "--random-init", "--out", out, "--epochs", "1",
+        "--head-epochs", "2", "--batch-size", "4", "--quiet")
+    assert (out / "model.safetensors").is_file() and (out / "headstart.json").is_file()
+    img = next((image_folder / "dark").iterdir())
+    (tmp_path / "bad.png").write_text("not an image")
+    p = run("predict", out, img, tmp_path / "bad.png", check=False)
+    lines = [json.loads(l) for l in p.stdout.splitlines()]
+    assert lines[0]["path"] == str(img) and lines[0]["label"] in ("dark", "bright")
+    assert abs(sum(lines[0]["probabilities"].values()) - 1) < 1e-4
+    assert "error" in lines[1] and p.returncode == 1
+    rep = json.loads(run("evaluate", out, image_folder, "--json").stdout)
+    assert rep["n"] == 16 and 0 <= rep["accuracy"] <= 1
+    assert "accuracy" in run("evaluate", out, image_folder).stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "/nonexistent/folder"], "does not exist"),
+    (["train", "{empty}"], "empty"),
+    (["train", "{data}", "--backbone", "timm:resnet_18"], "Did you mean"),
+    (["train", "{data}", "--strategy", "partial"], "--freeze-stages"),
+    (["predict", "{empty}", "x.png"], "not a headstart run"),
+])
+def test_user_errors_are_one_clean_line(args, message, image_folder, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [a.format(empty=empty, data=image_folder) for a in args]
+    p = run(*args, "--out" if args[0] == "train" else None, tmp_path / "o" if args[0] == "train" else None, check=False) \
+        if False else run(*args, check=False)
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr.replace("\n", " ")
+    assert "Traceback" not in p.stderr
+
+
+def test_backbones_lists_offline_weights():
+    out = run("backbones").stdout
+    assert "tf_efficientnet_lite0" in out
+    assert "blocks.6" in run("backbones", "--stages", "timm:tf_efficientnet_lite0").stdout

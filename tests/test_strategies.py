@@ -1,0 +1,142 @@
+"""Each strategy trains exactly the parameters it should; frozen BatchNorm never moves."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from headstart import TrainConfig, TransferClassifier
+from headstart.backbones import get_backbone
+from headstart.model import TransferModel
+from headstart.strategies import apply_freeze, param_groups, plan_phases
+
+
+def _fit(tiny_data, strategy, **kw):
+    x, y = tiny_data
+    opts = dict(epochs=2, head_epochs=3, batch_size=8, precision="fp32", augment=False, val_fraction=0.25)
+    opts.update(kw)
+    return TransferClassifier(TINY, strategy=strategy, pretrained=False, **opts)
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, after, name):
+    return not torch.equal(before[name], after[name])
+
+
+def _fit_and_diff(tiny_data, strategy, **kw):
+    """Fit, but start from a known backbone so we can compare weights before/after."""
+    clf = _fit(tiny_data, strategy, **kw)
+    torch.manual_seed(123)
+    bb = get_backbone(TINY, pretrained=False)
+    before = {("backbone." + k): v.clone() for k, v in bb.module.state_dict().items()}
+    import headstart.api as api
+
+    orig = api.get_backbone
+    api.get_backbone = lambda *a, **k: bb
+    try:
+        clf.fit(*tiny_data)
+    finally:
+        api.get_backbone = orig
+    after = _snapshot(clf.model_)
+    return clf, bb, before, after
+
+
+def _stage_changed(bb, before, after):
+    return [any(_changed(before, after, "backbone." + n) for n in s.param_names) for s in bb.stages]
+
+
+def test_linear_probe_trains_only_the_head(tiny_data):
+    clf, bb, before, after = _fit_and_diff(tiny_data, "linear-probe")
+    assert not any(_stage_changed(bb, before, after))
+    # BatchNorm running statistics untouched too (the whole backbone is bit-identical)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_partial_freezes_exactly_the_first_k_stages(tiny_data):
+    clf, bb, before, after = _fit_and_diff(tiny_data, "partial", freeze_stages=3)
+    changed = _stage_changed(bb, before, after)
+    assert changed[:3] == [False] * 3 and all(changed[3:])
+    frozen_bn = [k for k in before if "running_mean" in k and any(
+        k.startswith("backbone." + n.rsplit(".", 1)[0]) for s in bb.stages[:3] for n in s.param_names)]
+    assert frozen_bn and all(torch.equal(before[k], after[k]) for k in frozen_bn)
+
+
+def test_full_trains_everything(tiny_data):
+    clf, bb, before, after = _fit_and_diff(tiny_data, "full")
+    assert all(_stage_changed(bb, before, after))
+
+
+def test_two_stage_runs_head_then_unfreezes(tiny_data):
+    clf, bb, before, after = _fit_and_diff(tiny_data, "two-stage", freeze_stages=2)
+    assert [p["name"] for p in clf.history_.phases] == ["head", "finetune"]
+    changed = _stage_changed(bb, before, after)
+    assert changed[:2] == [False, False] and all(changed[2:])
+    assert {r["phase"] for r in clf.history_.epochs} == {"head", "finetune"}
+
+
+def test_frozen_batchnorm_stays_in_eval_mode_during_training():
+    bb = get_backbone(TINY, pretrained=False)
+    model = TransferModel(bb.module, bb.num_features, 3, bb.preprocess, stages=bb.stages)
+    apply_freeze(model, bb.stages, 2)
+    model.train()
+    frozen = {"backbone." + n for s in bb.stages[:2] for n in s.param_names}
+    bns = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    for name, m in bns:
+        is_frozen = name + ".weight" in frozen
+        assert m.training is not is_frozen, name
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model(torch.randint(0, 255, (4, 3, 64, 64), dtype=torch.uint8))
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            param = k.replace("running_mean", "weight").replace("running_var", "weight")
+            assert torch.equal(stats[k], v) == (param in frozen), k
+
+
+def test_no_weight_decay_on_biases_and_norms_and_layerwise_lrs():
+    bb = get_backbone(TINY, pretrained=False)
+    model = TransferModel(bb.module, bb.num_features, 3, bb.preprocess, stages=bb.stages)
+    cfg = TrainConfig(strategy="two-stage", lr=1e-3, backbone_lr_ratio=0.1, layer_decay=0.5)
+    groups = param_groups(model, bb.stages, cfg)
+    for g in groups:
+        for p in g["params"]:
+            assert (g["weight_decay"] > 0) == (p.ndim >= 2)
+    lr = {g["name"]: g["lr"] for g in groups}
+    n = len(bb.stages)
+    assert lr["head"] == pytest.approx(1e-3)
+    assert lr[f"stage{n - 1}"] == pytest.approx(1e-4)
+    assert lr["stage0"] == pytest.approx(1e-4 * 0.5 ** (n - 1))
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_plan_phases_for_each_strategy():
+    assert [(p.name, p.frozen) for p in plan_phases(TrainConfig(strategy="linear-probe"), 6)] == [("head", 6)]
+    assert [(p.name, p.frozen) for p in plan_phases(TrainConfig(strategy="partial", freeze_stages=4), 6)] == [("finetune", 4)]
+    assert [(p.name, p.frozen) for p in plan_phases(TrainConfig(strategy="full"), 6)] == [("finetune", 0)]
+    assert [(p.name, p.frozen) for p in plan_phases(TrainConfig(strategy="two-stage"), 6)] == [("head", 6), ("finetune", 0)]
+
+
+def test_bad_options_are_explained():
+    from headstart.errors import HeadstartError
+
+    with pytest.raises(HeadstartError, match="Did you mean 'two-stage'"):
+        TrainConfig(strategy="two_stage")
+    with pytest.raises(HeadstartError, match="--freeze-stages"):
+        TrainConfig(strategy="partial")
+    with pytest.raises(HeadstartError, match="only 6 stages"):
+        plan_phases(TrainConfig(strategy="partial", freeze_stages=9), 6)
+
+
+def test_training_learns_a_separable_problem(tiny_data):
+    x, y = tiny_data
+    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=40, lr=1e-2,
+                             precision="fp32", val_fraction=0.0).fit(x, y)
+    assert clf.score(x, y) == 1.0
+
+
+def test_seeded_runs_are_reproducible(tiny_data):
+    a = _fit(tiny_data, "two-stage", seed=3).fit(*tiny_data)
+    b = _fit(tiny_data, "two-stage", seed=3).fit(*tiny_data)
+    np.testing.assert_array_equal(a.predict_proba(tiny_data[0]), b.predict_proba(tiny_data[0]))
