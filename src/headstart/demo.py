@@ -23,6 +23,7 @@ def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/d
     from rich.table import Table
 
     from .api import TransferClassifier
+    from .progress import EpochProgress
     from .datasets import FASHION_MNIST_CLASSES, fashion_mnist, per_class_subset
 
     console = Console()
@@ -40,7 +41,8 @@ def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/d
         console.rule(strategy)
         t0 = time.perf_counter()
         clf = TransferClassifier(BACKBONE, strategy=strategy, seed=seed, **options)
-        clf.fit(x_train[idx], names, out=Path(out) / strategy)
+        with EpochProgress(console, quiet=False) as progress:
+            clf.fit(x_train[idx], names, out=Path(out) / strategy, progress=progress)
         fit_s = time.perf_counter() - t0
         report = clf.evaluate(x_test, test_names)
         total = time.perf_counter() - t0

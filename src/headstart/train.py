@@ -23,6 +23,7 @@ from .config import TrainConfig
 from .data.images import augment
 from .features import cached_features
 from .model import TransferModel
+from .prefix import prefix_outputs, split_for_prefix_cache
 from .runtime import make_accelerator, resolve_precision, to_fast_layout
 from .strategies import Phase, apply_freeze, param_groups, plan_phases
 
@@ -93,26 +94,37 @@ def _fit_head_on_features(model, backbone, data, cfg, phase, precision, progress
     # Head-only epochs are cheap: a larger batch is fine and much faster.
     return _train_module(model.head, (feats["train"], data.y_train), val, cfg, phase,
                          precision=precision, batch_size=max(cfg.batch_size, 128), augment_fn=None,
-                         progress=progress, images_per_step=1)
+                         progress=progress)
 
 
 def _fit_images(model, backbone, data, cfg, phase, precision, progress):
     to_fast_layout(model)
+    groups = _groups_for(model, cfg)
+    val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
+    split = split_for_prefix_cache(model) if (phase.frozen and not cfg.augment and cfg.use_feature_cache) else None
+    if split is not None:
+        # Frozen prefix + no augmentation: its output never changes, so run it once, not every epoch.
+        prefix, suffix, _ = split
+        device = next(model.parameters()).device
+        x_train = prefix_outputs(model, prefix, data.x_train, precision=precision, device=device)
+        if val is not None:
+            val = (prefix_outputs(model, prefix, val[0], precision=precision, device=device), val[1])
+        return _train_module(suffix, (x_train, data.y_train), val, cfg, phase, precision=precision,
+                             batch_size=cfg.batch_size, augment_fn=None, progress=progress, groups=groups)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     aug = (lambda xb: augment(xb, gen)) if cfg.augment else None
-    val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
     return _train_module(model, (data.x_train, data.y_train), val, cfg, phase, precision=precision,
-                         batch_size=cfg.batch_size, augment_fn=aug, progress=progress)
+                         batch_size=cfg.batch_size, augment_fn=aug, progress=progress, groups=groups)
 
 
 def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase, *, precision: str,
-                  batch_size: int, augment_fn, progress, images_per_step: int = 1) -> list[dict]:
+                  batch_size: int, augment_fn, progress, groups: list[dict] | None = None) -> list[dict]:
     gen = torch.Generator().manual_seed(cfg.seed)
     accel = make_accelerator(precision)
     train_loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=gen,
                               drop_last=len(train[0]) > batch_size)
     val_loader = DataLoader(TensorDataset(*val), batch_size=max(batch_size, 64)) if val else None
-    optimizer = torch.optim.AdamW(_groups_for(module, cfg))
+    optimizer = torch.optim.AdamW(groups if groups is not None else _groups_for(module, cfg))
     steps = max(1, phase.epochs * math.ceil(len(train_loader) / accel.num_processes))
     scheduler = _make_scheduler(optimizer, cfg, steps)
     module, optimizer, train_loader, scheduler = accel.prepare(module, optimizer, train_loader, scheduler)
@@ -142,7 +154,9 @@ def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase,
                "seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
         if val_loader is not None:
             rec["val_loss"], rec["val_acc"] = _evaluate(module, val_loader, accel)
-            score = (rec["val_acc"], -rec["val_loss"])
+            # Monitor validation loss: on a few hundred images accuracy moves in coarse, noisy steps
+            # and would stop training early; the loss is smooth. Accuracy breaks ties.
+            score = (-rec["val_loss"], rec["val_acc"])
             if best_score is None or score > best_score:
                 best_score, bad_epochs = score, 0
                 best_state = copy.deepcopy(accel.unwrap_model(module).state_dict())

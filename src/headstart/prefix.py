@@ -1,0 +1,100 @@
+"""Frozen-prefix cache: with the first K stages frozen and no random augmentation, their output is
+the same every epoch, so compute it once and train only the stages above it.
+
+This needs the backbone's forward to be a plain chain of modules. :func:`sequential_chain` builds that
+chain from timm's structure and *verifies* it reproduces ``forward`` exactly; models where it does
+not (e.g. ViTs with token concatenation) simply train without the prefix cache.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .model import freeze_batchnorm_stats
+from .runtime import batched_apply, chunks
+
+
+def sequential_chain(backbone: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The backbone as an ordered list of (name, module) whose composition equals its forward."""
+    chain: list[tuple[str, nn.Module]] = []
+    for name, child in backbone.named_children():
+        if isinstance(child, nn.Sequential):
+            chain += [(f"{name}.{n}", m) for n, m in child.named_children()]
+        else:
+            chain.append((name, child))
+    if not chain or not _verify(backbone, chain):
+        return None
+    return chain
+
+
+@torch.no_grad()
+def _verify(backbone: nn.Module, chain) -> bool:
+    was = backbone.training
+    backbone.eval()
+    try:
+        size = getattr(backbone, "pretrained_cfg", {}).get("input_size", (3, 64, 64))[-1]
+        x = torch.randn(2, 3, min(size, 96), min(size, 96), generator=torch.Generator().manual_seed(0))
+        ref = backbone(x)
+        y = x
+        for _, m in chain:
+            y = m(y)
+        return y.shape == ref.shape and torch.allclose(y, ref, atol=1e-5, rtol=1e-4)
+    except Exception:  # any model-specific failure just means "no prefix cache for this model"
+        return False
+    finally:
+        backbone.train(was)
+
+
+def frozen_cut(chain, frozen_params: set[int]) -> int:
+    """How many leading chain modules have only frozen parameters (parameter-free ones included)."""
+    cut = 0
+    for i, (_, m) in enumerate(chain):
+        params = list(m.parameters())
+        if params and not all(id(p) in frozen_params for p in params):
+            break
+        cut = i + 1
+    # Trailing parameter-free modules (pooling) must stay in the trainable suffix.
+    while cut > 0 and not list(chain[cut - 1][1].parameters()):
+        cut -= 1
+    return cut
+
+
+class Suffix(nn.Module):
+    """The trainable top of the model: chain[cut:] then the head. Shares modules with the full model."""
+
+    def __init__(self, modules: list[nn.Module], head: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*modules)
+        self.head = head
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            freeze_batchnorm_stats(self.body)
+        return self
+
+
+def split_for_prefix_cache(model) -> tuple[nn.Module, Suffix, int] | None:
+    """(prefix, suffix, cut) when the model's frozen leading stages can be cached, else None."""
+    chain = sequential_chain(model.backbone)
+    if chain is None:
+        return None
+    frozen = {id(p) for p in model.backbone.parameters() if not p.requires_grad}
+    cut = frozen_cut(chain, frozen)
+    if cut == 0:
+        return None
+    prefix = nn.Sequential(*[m for _, m in chain[:cut]])
+    return prefix, Suffix([m for _, m in chain[cut:]], model.head), cut
+
+
+def prefix_outputs(model, prefix: nn.Module, pixels: torch.Tensor, *, precision: str, device,
+                   batch_size: int = 64) -> torch.Tensor:
+    """Activations at the cut for uint8 ``pixels``, computed once (stored in bf16 when training in bf16)."""
+    prefix.eval()
+    store = torch.bfloat16 if precision == "bf16" else torch.float32
+    outs = [o.to(store) for o in batched_apply(lambda xb: prefix(model.normalize(xb)), chunks(pixels, batch_size),
+                                                precision=precision, device=device)]
+    return torch.cat(outs)

@@ -1,0 +1,52 @@
+"""Cached paths (frozen features, frozen prefix) give the same model as recomputing every epoch."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY
+from headstart import TransferClassifier
+from headstart.backbones import get_backbone
+from headstart.prefix import frozen_cut, sequential_chain
+
+
+def _fit(tiny_data, use_cache, **kw):
+    opts = dict(strategy="partial", freeze_stages=3, epochs=3, batch_size=8, precision="fp32",
+                augment=False, val_fraction=0.25, seed=1, use_feature_cache=use_cache)
+    opts.update(kw)
+    return TransferClassifier(TINY, pretrained=False, **opts).fit(*tiny_data)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(strategy="two-stage", freeze_stages=2, head_epochs=3),
+                                dict(strategy="linear-probe", head_epochs=5)])
+def test_cached_and_uncached_training_agree(tiny_data, kw):
+    cached = _fit(tiny_data, True, **kw)
+    plain = _fit(tiny_data, False, **kw)
+    np.testing.assert_allclose(cached.predict_proba(tiny_data[0]), plain.predict_proba(tiny_data[0]), atol=2e-4)
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "resnet18", "tf_efficientnet_lite0"])
+def test_sequential_chain_reproduces_forward(name):
+    bb = get_backbone(f"timm:{name}", pretrained=False)
+    bb.module.eval()
+    chain = sequential_chain(bb.module)
+    assert chain is not None
+    x = torch.randn(1, 3, 64, 64)
+    y = x
+    for _, m in chain:
+        y = m(y)
+    torch.testing.assert_close(y, bb.module.eval()(x))
+
+
+def test_frozen_cut_stops_at_first_trainable_module():
+    bb = get_backbone(TINY, pretrained=False)
+    chain = sequential_chain(bb.module)
+    params = dict(bb.module.named_parameters())
+    frozen = {id(params[n]) for s in bb.stages[:3] for n in s.param_names}
+    cut = frozen_cut(chain, frozen)
+    assert 0 < cut < len(chain)
+    assert all(id(p) in frozen for _, m in chain[:cut] for p in m.parameters())
+    assert any(id(p) not in frozen for p in chain[cut][1].parameters())
+
+
+def test_vit_has_no_chain_and_still_trains(tiny_data):
+    assert sequential_chain(get_backbone("timm:test_vit", pretrained=False).module) is None

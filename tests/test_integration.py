@@ -1,0 +1,61 @@
+"""Integration: the real Lite0 ImageNet weights and the real Fashion-MNIST data (offline)."""
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from headstart.backbones import get_backbone
+
+    return get_backbone("timm:tf_efficientnet_lite0")
+
+
+@pytest.mark.parametrize("photo, classes", [("chelsea", range(281, 286)), ("coffee", [967])])
+def test_imagenet_predictions_through_our_pipeline(lite0, photo, classes):
+    """Our decode → resize/crop → in-model normalisation must match how the weights were trained."""
+    import skimage.data
+
+    from headstart.data import load_image, preprocess
+    from headstart.model import TransferModel
+
+    model = TransferModel(lite0.module, lite0.num_features, 2, lite0.preprocess, stages=lite0.stages).eval()
+    x = preprocess(load_image(getattr(skimage.data, photo)()), lite0.preprocess).unsqueeze(0)
+    with torch.no_grad():
+        top = lite0.source_head(model.features(x)).argmax(1).item()
+    assert top in classes
+
+
+def test_short_real_fine_tune_beats_raw_pixel_logistic_regression(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    from headstart import TransferClassifier, load
+    from headstart.datasets import fashion_mnist, per_class_subset
+
+    x, y = fashion_mnist("train")
+    xt, yt = fashion_mnist("test")
+    idx = per_class_subset(y, 30, seed=0)
+    xt, yt = xt[:600], yt[:600]
+    baseline = LogisticRegression(max_iter=2000).fit(x[idx].reshape(len(idx), -1) / 255.0, y[idx])
+    base_acc = baseline.score(xt.reshape(len(xt), -1) / 255.0, yt)
+
+    clf = TransferClassifier("timm:tf_efficientnet_lite0", strategy="two-stage", freeze_stages=5,
+                             augment=False, epochs=3, head_epochs=40)
+    clf.fit(x[idx], y[idx], out=tmp_path / "run")
+    acc = clf.score(xt, yt)
+    assert acc > base_acc + 0.02, (acc, base_acc)
+    # the saved run reproduces the predictions offline
+    np.testing.assert_array_equal(load(tmp_path / "run").predict(xt[:32]), clf.predict(xt[:32]))
+
+
+def test_demo_command_runs_end_to_end(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "headstart.cli", "demo", "--per-class", "5", "--test-limit", "100",
+                        "--out", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "linear-probe" in p.stdout and "two-stage" in p.stdout
+    assert (tmp_path / "two-stage" / "headstart.json").is_file()
