@@ -19,7 +19,7 @@ from .data import Examples, as_examples, check_duplicates, class_list, decode_al
 from .data import stratified_split
 from .errors import DataError, HeadstartError
 from .model import TransferModel
-from .run import METRICS, read_run, save_run
+from .run import CHECKPOINT, METRICS, read_run, save_run
 from .runtime import default_device, inference_context, resolve_precision, to_fast_layout
 
 log = logging.getLogger("headstart")
@@ -44,14 +44,23 @@ class TransferClassifier:
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y: Sequence | None = None, *, validation=None, out: str | Path | None = None,
-            progress: Callable | None = None) -> "TransferClassifier":
-        """Train on ``X`` (a class-per-folder directory, a CSV, or images with labels ``y``)."""
+            progress: Callable | None = None, resume: bool = False) -> "TransferClassifier":
+        """Train on ``X`` (a class-per-folder directory, a CSV, or images with labels ``y``).
+
+        With ``out`` a checkpoint is written there after every epoch; ``resume=True`` continues a
+        killed run from it (same data and options), ending with the same weights as an unbroken run.
+        """
         cfg = self.config
         t0 = time.perf_counter()
+        ckpt = None
         if out is not None:
             from .storage import check_writable
 
             check_writable(out)  # fail before any training, never after an hour of it
+            if resume:
+                ckpt = _load_resume_checkpoint(Path(out), cfg)
+        elif resume:
+            raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
         train_ex = check_duplicates(as_examples(X, y))
         if train_ex.labels is None:
             raise DataError("Training needs labels: pass y, a class-per-folder directory, or a CSV with labels.")
@@ -85,17 +94,20 @@ class TransferClassifier:
         for name, why in self.skipped_:
             log.warning("skipped unreadable image %s: %s", name, why)
 
-        metrics_path = None
+        metrics_path = checkpoint_path = None
         if out is not None:
-            metrics_path = Path(out) / METRICS
-            metrics_path.unlink(missing_ok=True)
-        self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress)
+            metrics_path, checkpoint_path = Path(out) / METRICS, Path(out) / CHECKPOINT
+            if ckpt is None:
+                metrics_path.unlink(missing_ok=True)
+        self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress,
+                            checkpoint_path=checkpoint_path, resume=ckpt)
         self.data_info_ = {"origin": train_ex.origin, "n_train": len(data.x_train),
                            "n_val": 0 if data.x_val is None else len(data.x_val),
                            "n_skipped": len(self.skipped_), "skipped": self.skipped_[:50]}
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
         if out is not None:
             self.save(out)
+            checkpoint_path.unlink(missing_ok=True)  # the finished run supersedes it
         return self
 
     # ------------------------------------------------------------------ inference
@@ -172,6 +184,25 @@ class TransferClassifier:
 
     def __repr__(self) -> str:
         return f"TransferClassifier(backbone={self.backbone!r}, strategy={self.config.strategy!r})"
+
+
+def _load_resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:
+    from .train import load_checkpoint
+
+    path = out / CHECKPOINT
+    if not path.is_file():
+        done = (out / "headstart.json").is_file()
+        raise HeadstartError(
+            f"Nothing to resume in {str(out)!r}: " + ("the run already finished." if done else
+                                                     "no checkpoint.pt (the run never finished an epoch).")
+            + " Start it again without --resume.")
+    ckpt = load_checkpoint(path)
+    if ckpt["config"] != cfg.to_dict():
+        changed = sorted(k for k in cfg.to_dict() if ckpt["config"].get(k) != cfg.to_dict()[k])
+        raise HeadstartError(
+            f"Cannot resume {str(out)!r} with different options {changed}; resume with the options of "
+            "the original run (`headstart resume RUN` reads them for you).")
+    return ckpt
 
 
 def _backbone_info(backbone) -> dict[str, Any]:

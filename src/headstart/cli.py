@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from .progress import EpochProgress
+
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -44,23 +46,49 @@ def train(
     label_column: str = typer.Option("label", help="CSV column with labels."),
     pretrained: bool = typer.Option(True, "--pretrained/--random-init", help="Start from pretrained weights (default) or from scratch."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    resume: bool = typer.Option(False, "--resume", help="Continue this --out run from its last checkpoint."),
 ):
     """Fine-tune a pretrained backbone on labelled images and save the run."""
+    args = dict(locals())
+    args["out"] = str(out)
+    _run_train(args, resume=resume)
+
+
+@app.command()
+def resume(run: Path = typer.Argument(..., help="The --out directory of an interrupted `headstart train`.")):
+    """Continue a killed or interrupted training run from its last checkpoint."""
+    from .errors import HeadstartError
+    from .run import TRAIN_ARGS
+
+    path = run / TRAIN_ARGS
+    if not path.is_file():
+        raise HeadstartError(f"{str(run)!r} has no {TRAIN_ARGS}; it was not started by `headstart train`.")
+    args = json.loads(path.read_text())
+    args["out"] = str(run)
+    _run_train(args, resume=True)
+
+
+def _run_train(args: dict, resume: bool) -> None:
     from .api import TransferClassifier
     from .config import TrainConfig
     from .data import as_examples
+    from .run import TRAIN_ARGS
+    from .storage import check_writable, write_json
 
-    cfg = TrainConfig(strategy=strategy, freeze_stages=freeze_stages, epochs=epochs, head_epochs=head_epochs,
-                      batch_size=batch_size, lr=lr, backbone_lr_ratio=backbone_lr_ratio, layer_decay=layer_decay,
-                      val_fraction=val_fraction, augment=augment, precision=precision, seed=seed, strict=strict)
+    names = ("strategy", "freeze_stages", "epochs", "head_epochs", "batch_size", "lr", "backbone_lr_ratio",
+             "layer_decay", "val_fraction", "augment", "precision", "seed", "strict")
+    cfg = TrainConfig(**{k: args[k] for k in names})
+    out = Path(args["out"])
     console = _console()
-    clf = TransferClassifier(backbone, strategy=strategy, config=cfg, pretrained=pretrained)
-    x = as_examples(data, path_column=path_column, label_column=label_column)
-    validation = as_examples(val, path_column=path_column, label_column=label_column) if val else None
-    from .progress import EpochProgress
-
-    with EpochProgress(console, quiet) as progress:
-        clf.fit(x, validation=validation, out=out, progress=progress)
+    clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"])
+    cols = dict(path_column=args["path_column"], label_column=args["label_column"])
+    x = as_examples(args["data"], **cols)
+    validation = as_examples(args["val"], **cols) if args["val"] else None
+    check_writable(out)
+    if not resume:
+        write_json(out / TRAIN_ARGS, {k: v for k, v in args.items() if k not in ("quiet", "resume")})
+    with EpochProgress(console, args.get("quiet", False)) as progress:
+        clf.fit(x, validation=validation, out=out, progress=progress, resume=resume)
     _print_fit_summary(console, clf, out)
 
 

@@ -19,6 +19,8 @@ FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 META = "headstart.json"
 METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"  # crash-safe training state; loaded with weights_only=True
+TRAIN_ARGS = "train_args.json"  # what `headstart resume` needs to restart the command
 
 
 def library_versions() -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -93,6 +94,8 @@ def load_weights(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) 
     path = Path(path)
     if not path.is_file():
         raise HeadstartError(f"Weights file {str(path)!r} does not exist.")
+    if path.stat().st_size == 0:
+        raise HeadstartError(f"Weights file {str(path)!r} is empty (0 bytes); download or export it again.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -105,22 +108,46 @@ def load_weights(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) 
             f"Unsupported weights format {path.suffix!r} for {str(path)!r}; use .safetensors "
             f"or one of {list(PICKLE_SUFFIXES)}."
         )
+    head = _head(path)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # a zip (torch.save) or a binary pickle
+        raise HeadstartError(
+            f"{str(path)!r} is not a PyTorch checkpoint: it starts with {head!r} (a Git LFS pointer or "
+            "an HTML error page is common). Download or export the weights again."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=not allow_unsafe_pickle)
-    except Exception as exc:
+    except pickle.UnpicklingError as exc:
         if allow_unsafe_pickle:
             raise HeadstartError(f"Could not load {str(path)!r}: {exc}") from exc
         raise UnsafeWeightsError(
             f"Refused to load {str(path)!r}: it is not a plain tensor checkpoint, and unpickling it "
-            f"could run arbitrary code ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            f"could run arbitrary code ({_brief(exc)}). "
             "Convert it to .safetensors, or pass allow_unsafe_pickle=True "
             "(CLI: --allow-unsafe-pickle) only if you trust whoever made the file."
+        ) from exc
+    except Exception as exc:
+        # Only an UnpicklingError means the restricted unpickler refused something; anything else
+        # (a truncated zip archive, garbage bytes) is a damaged file, not a dangerous one.
+        raise HeadstartError(
+            f"{str(path)!r} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
+            f"({_brief(exc)}). Download or export it again, preferably as .safetensors."
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise HeadstartError(f"{str(path)!r} holds a {type(state).__name__}, not a state dict of tensors.")
     return state
+
+
+def _head(path: Path, n: int = 16) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one short line (torch's messages run to paragraphs, or are empty)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
 
 def check_writable(directory: str | os.PathLike) -> Path:

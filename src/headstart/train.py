@@ -24,6 +24,7 @@ from .data.images import augment
 from .features import cached_features
 from .model import TransferModel
 from .prefix import prefix_outputs, split_for_prefix_cache
+from .storage import atomic_path
 from .runtime import make_accelerator, resolve_precision, to_fast_layout
 from .strategies import Phase, apply_freeze, param_groups, plan_phases
 
@@ -55,49 +56,116 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@dataclass
+class _Run:
+    """What every phase needs besides the data: precision, logging, and crash-safe checkpoints."""
+
+    cfg: TrainConfig
+    precision: str
+    progress: Callable | None = None
+    metrics_path: Path | None = None
+    checkpoint_path: Path | None = None
+    resume: dict | None = None  # a loaded checkpoint to continue from
+    phase_index: int = 0
+    done_records: list[dict] = field(default_factory=list)
+    done_phases: list[dict] = field(default_factory=list)
+    model: nn.Module | None = None
+
+    def log_epoch(self, rec: dict, total: int) -> None:
+        if self.metrics_path is not None:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self.progress is not None:
+            self.progress(rec, total)
+
+    def save_checkpoint(self, *, epoch: int, records: list[dict], optimizer=None, scheduler=None,
+                        best_state=None, best_score=None, bad_epochs: int = 0, generators=()) -> None:
+        """Everything needed to continue exactly here: weights, optimizer, schedule, RNGs, position."""
+        if self.checkpoint_path is None:
+            return
+        state = {
+            "version": 1, "phase_index": self.phase_index, "epoch": epoch,
+            "records": self.done_records + records, "phases": self.done_phases,
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "best_state": best_state, "best_score": list(best_score) if best_score else None,
+            "bad_epochs": bad_epochs, "config": self.cfg.to_dict(),
+            # Training draws randomness only from torch: the global RNG and our own generators.
+            "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators]},
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by ``_Run.save_checkpoint``, read without unpickling arbitrary objects."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainConfig, *,
-        metrics_path: Path | None = None, progress: Callable | None = None) -> History:
-    """Train ``model`` in place following ``cfg.strategy``; returns the per-epoch history."""
+        metrics_path: Path | None = None, progress: Callable | None = None,
+        checkpoint_path: Path | None = None, resume: dict | None = None) -> History:
+    """Train ``model`` in place following ``cfg.strategy``; returns the per-epoch history.
+
+    With ``checkpoint_path`` a checkpoint is written atomically after every epoch; pass a loaded one
+    as ``resume`` to continue a killed run exactly where its last checkpoint left it.
+    """
     start = time.perf_counter()
     precision = resolve_precision(cfg.precision)
     history = History(precision=precision)
+    run = _Run(cfg, precision, progress, metrics_path, checkpoint_path, resume, model=model)
     phases = plan_phases(cfg, len(backbone.stages))
-    for phase in phases:
+    first = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        first = resume["phase_index"]
+        run.done_records = [r for r in resume["records"] if r.get("phase_index", 0) < first]
+        run.done_phases = list(resume["phases"])
+        if metrics_path is not None:  # the log may hold epochs after the checkpoint: rewrite it
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in resume["records"]))
+    for i, phase in enumerate(phases):
+        if i < first:
+            continue
+        run.phase_index = i
+        if resume is None or i > first:
+            run.resume = None
+        # Resume restores the freeze state of the phase it stopped in (Lightning #21901 loses it).
         apply_freeze(model, backbone.stages, phase.frozen)
         t0 = time.perf_counter()
         if phase.head_only(len(backbone.stages)):
-            records = _fit_head_on_features(model, backbone, data, cfg, phase, precision, progress)
+            records = _fit_head_on_features(model, backbone, data, cfg, phase, run)
         else:
-            records = _fit_images(model, backbone, data, cfg, phase, precision, progress)
-        history.epochs.extend(records)
-        history.phases.append({"name": phase.name, "frozen_stages": phase.frozen, "epochs_run": len(records),
-                               "seconds": round(time.perf_counter() - t0, 2)})
-        if metrics_path is not None:
-            with open(metrics_path, "a") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
+            records = _fit_images(model, backbone, data, cfg, phase, run)
+        run.done_records += records
+        run.done_phases.append({"name": phase.name, "frozen_stages": phase.frozen, "epochs_run": len(records),
+                                "seconds": round(time.perf_counter() - t0, 2)})
+        run.phase_index = i + 1
+        run.save_checkpoint(epoch=0, records=[])  # phase boundary: the next phase starts fresh
+    history.epochs = run.done_records
+    history.phases = run.done_phases
     apply_freeze(model, backbone.stages, 0)  # a saved model is a plain, fully trainable module
     model.eval()
     history.seconds = round(time.perf_counter() - start, 2)
     return history
 
 
-def _fit_head_on_features(model, backbone, data, cfg, phase, precision, progress):
+def _fit_head_on_features(model, backbone, data, cfg, phase, run: _Run):
     """Backbone frozen and no augmentation: features once (cached on disk), then train only the head."""
     device = next(model.parameters()).device
     feats = {}
     for split, x in (("train", data.x_train), ("val", data.x_val)):
         if x is not None and len(x):
-            feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=precision,
+            feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=run.precision,
                                               device=device, use_cache=cfg.use_feature_cache)
     val = (feats["val"], data.y_val) if "val" in feats else None
     # Head-only epochs are cheap: a larger batch is fine and much faster.
-    return _train_module(model.head, (feats["train"], data.y_train), val, cfg, phase,
-                         precision=precision, batch_size=max(cfg.batch_size, 128), augment_fn=None,
-                         progress=progress)
+    return _train_module(model.head, (feats["train"], data.y_train), val, cfg, phase, run,
+                         batch_size=max(cfg.batch_size, 128))
 
 
-def _fit_images(model, backbone, data, cfg, phase, precision, progress):
+def _fit_images(model, backbone, data, cfg, phase, run: _Run):
+    precision = run.precision
     to_fast_layout(model)
     groups = _groups_for(model, cfg)
     val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
@@ -109,30 +177,34 @@ def _fit_images(model, backbone, data, cfg, phase, precision, progress):
         x_train = prefix_outputs(model, prefix, data.x_train, precision=precision, device=device)
         if val is not None:
             val = (prefix_outputs(model, prefix, val[0], precision=precision, device=device), val[1])
-        return _train_module(suffix, (x_train, data.y_train), val, cfg, phase, precision=precision,
-                             batch_size=cfg.batch_size, augment_fn=None, progress=progress, groups=groups)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    aug = (lambda xb: augment(xb, gen)) if cfg.augment else None
-    return _train_module(model, (data.x_train, data.y_train), val, cfg, phase, precision=precision,
-                         batch_size=cfg.batch_size, augment_fn=aug, progress=progress, groups=groups)
+        return _train_module(suffix, (x_train, data.y_train), val, cfg, phase, run,
+                             batch_size=cfg.batch_size, groups=groups)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    aug = (lambda xb: augment(xb, aug_gen)) if cfg.augment else None
+    return _train_module(model, (data.x_train, data.y_train), val, cfg, phase, run,
+                         batch_size=cfg.batch_size, augment_fn=aug, groups=groups, aug_gen=aug_gen)
 
 
-def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase, *, precision: str,
-                  batch_size: int, augment_fn, progress, groups: list[dict] | None = None) -> list[dict]:
+def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase, run: _Run, *,
+                  batch_size: int, augment_fn=None, groups: list[dict] | None = None,
+                  aug_gen: torch.Generator | None = None) -> list[dict]:
     gen = torch.Generator().manual_seed(cfg.seed)
-    accel = make_accelerator(precision)
+    generators = [gen] + ([aug_gen] if aug_gen is not None else [])
+    accel = make_accelerator(run.precision)
     train_loader = DataLoader(TensorDataset(*train), batch_size=batch_size, shuffle=True, generator=gen,
                               drop_last=len(train[0]) > batch_size)
     val_loader = DataLoader(TensorDataset(*val), batch_size=max(batch_size, 64)) if val else None
-    optimizer = torch.optim.AdamW(groups if groups is not None else _groups_for(module, cfg))
+    optimizer = _adamw(groups if groups is not None else _groups_for(module, cfg))
     steps = max(1, phase.epochs * math.ceil(len(train_loader) / accel.num_processes))
     scheduler = _make_scheduler(optimizer, cfg, steps)
     module, optimizer, train_loader, scheduler = accel.prepare(module, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accel.prepare(val_loader)
 
-    best_score, best_state, bad_epochs, records = None, None, 0, []
-    for epoch in range(1, phase.epochs + 1):
+    best_score, best_state, bad_epochs, records, start = None, None, 0, [], 1
+    if run.resume is not None and run.resume["optimizer"] is not None:
+        best_score, best_state, bad_epochs, records, start = _restore(run.resume, optimizer, scheduler, generators)
+    for epoch in range(start, phase.epochs + 1):
         t0 = time.perf_counter()
         module.train()
         total_loss, correct, seen = 0.0, 0, 0
@@ -149,7 +221,7 @@ def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase,
             correct += (logits.argmax(1) == yb).sum().item()
             seen += len(yb)
         seconds = time.perf_counter() - t0
-        rec = {"phase": phase.name, "epoch": epoch, "train_loss": round(total_loss / max(seen, 1), 5),
+        rec = {"phase": phase.name, "phase_index": run.phase_index, "epoch": epoch, "train_loss": round(total_loss / max(seen, 1), 5),
                "train_acc": round(correct / max(seen, 1), 5), "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(seconds, 3), "images_per_s": round(seen / max(seconds, 1e-9), 1)}
         if val_loader is not None:
@@ -164,8 +236,10 @@ def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase,
             else:
                 bad_epochs += 1
         records.append(rec)
-        if progress is not None:
-            progress(rec, phase.epochs)
+        run.save_checkpoint(epoch=epoch, records=records, optimizer=optimizer, scheduler=scheduler,
+                            best_state=best_state, best_score=best_score, bad_epochs=bad_epochs,
+                            generators=generators)
+        run.log_epoch(rec, phase.epochs)
         if val_loader is not None and bad_epochs >= cfg.patience:
             break
     module = accel.unwrap_model(module, keep_fp32_wrapper=False)
@@ -173,6 +247,26 @@ def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase,
         module.load_state_dict(best_state)  # the best validation checkpoint, not the last epoch
     accel.free_memory()
     return records
+
+
+def _adamw(groups: list[dict]) -> torch.optim.Optimizer:
+    # The fused kernel is several times faster than the per-tensor loop on CPU as well as GPU.
+    try:
+        return torch.optim.AdamW(groups, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups)
+
+
+def _restore(ckpt: dict, optimizer, scheduler, generators):
+    """Put optimizer, schedule and every RNG back where the checkpoint left them."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    for g, state in zip(generators, ckpt["rng"]["generators"]):
+        g.set_state(state)
+    records = [r for r in ckpt["records"] if r.get("phase_index") == ckpt["phase_index"]]
+    score = tuple(ckpt["best_score"]) if ckpt["best_score"] else None
+    return score, ckpt["best_state"], ckpt["bad_epochs"], records, ckpt["epoch"] + 1
 
 
 def _groups_for(module: nn.Module, cfg: TrainConfig) -> list[dict]:

@@ -5,7 +5,7 @@ Decoding is done once per run (:func:`decode_all`); training epochs only read th
 """
 from __future__ import annotations
 
-import warnings
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -19,6 +19,8 @@ from .sources import Examples
 
 # Refuse images whose header claims more pixels than this (decompression bombs); ~ 16k x 10k.
 MAX_PIXELS = 178_956_970
+# Images more elongated than this are not resized whole before the centre crop (see preprocess).
+MAX_RESIZE_RATIO = 8
 
 
 class BadImage(Exception):
@@ -27,29 +29,54 @@ class BadImage(Exception):
 
 def load_image(item) -> "PIL.Image.Image":  # noqa: F821
     """Any supported input → an RGB PIL image, or :class:`BadImage` with the reason."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if isinstance(item, Image.Image):
         img = item
     elif isinstance(item, np.ndarray):
-        return _array_to_pil(item)
+        img = _array_to_pil(item)
+    elif isinstance(item, (str, bytes, os.PathLike)) or hasattr(item, "read"):
+        img = _open_file(item)
     else:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-                with Image.open(item) as im:
-                    im.seek(0)  # animated images: the first frame
-                    im.load()
-                    img = ImageOps.exif_transpose(im) or im
-                    img = img.copy()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise BadImage(f"refused as a possible decompression bomb ({exc})") from exc
-        except FileNotFoundError as exc:
-            raise BadImage("file not found") from exc
-        except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as exc:
-            raise BadImage(f"not a readable image ({type(exc).__name__}: {exc})") from exc
-    return _to_rgb(img)
+        raise BadImage(f"unsupported input of type {type(item).__name__}; "
+                       "pass an image path, a PIL image or a numpy array")
+    _check_size(img.size)
+    try:
+        return _to_rgb(img)
+    except ValueError as exc:  # PIL has no RGB conversion for a few rare modes (e.g. "La")
+        raise BadImage(f"cannot convert an image of mode {img.mode!r} to RGB ({exc})") from exc
+
+
+def _open_file(item):
+    """Decode a path or file object: the first frame, EXIF orientation applied, nothing lazy left."""
+    from PIL import Image, ImageOps
+
+    try:
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        with Image.open(item) as im:
+            # Checked here, before any pixel is allocated, rather than through PIL's
+            # DecompressionBombWarning: warning filters are process-wide and not thread-safe,
+            # and decode_all decodes in threads.
+            _check_size(im.size)
+            im.seek(0)  # animated images: the first frame
+            im.load()
+            img = ImageOps.exif_transpose(im) or im
+            return img.copy()
+    except Image.DecompressionBombError as exc:
+        raise BadImage(f"refused as a possible decompression bomb ({exc})") from exc
+    except FileNotFoundError as exc:
+        raise BadImage("file not found") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, Image.UnidentifiedImageError) as exc:
+        raise BadImage(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise BadImage(f"refused as a possible decompression bomb: {w} x {h} pixels is more than "
+                       f"the limit of {MAX_PIXELS}")
+    if w < 1 or h < 1:
+        raise BadImage(f"the image is empty ({w} x {h} pixels)")
 
 
 def _to_rgb(img):
@@ -80,13 +107,16 @@ def _array_to_pil(arr: np.ndarray):
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         raise BadImage(f"array of shape {arr.shape} is not an image (H, W), (H, W, 3) or (H, W, 4)")
+    if arr.dtype.kind not in "buif":  # strings, objects, complex numbers: no pixel values
+        raise BadImage(f"array of dtype {arr.dtype} is not an image; use numbers (uint8 or float)")
+    _check_size((arr.shape[1], arr.shape[0]))  # before np.max, which fails on an empty array
     if arr.dtype != np.uint8:
         arr = np.asarray(arr, dtype=np.float32)
         if not np.isfinite(arr).all():
             raise BadImage("array contains NaN or infinity")
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0  # floats in [0, 1] or already 0..255
         arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
-    return _to_rgb(Image.fromarray(arr))
+    return Image.fromarray(arr)
 
 
 def preprocess(img, cfg: PreprocessConfig) -> torch.Tensor:
@@ -101,10 +131,15 @@ def preprocess(img, cfg: PreprocessConfig) -> torch.Tensor:
         nw, nh = short, max(short, int(round(h * short / w)))
     else:
         nw, nh = max(short, int(round(w * short / h))), short
-    img = img.resize((nw, nh), resample)
     s = cfg.input_size
     left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
-    img = img.crop((left, top, left + s, top + s))
+    if max(nw, nh) <= MAX_RESIZE_RATIO * short:
+        img = img.resize((nw, nh), resample).crop((left, top, left + s, top + s))
+    else:
+        # A very thin image (say 1 x 100000) would first be resized to billions of pixels: resample
+        # only the part of it that survives the centre crop instead.
+        sx, sy = w / nw, h / nh
+        img = img.resize((s, s), resample, box=(left * sx, top * sy, (left + s) * sx, (top + s) * sy))
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 

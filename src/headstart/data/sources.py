@@ -160,6 +160,10 @@ def from_csv(path: Path, *, path_column: str = "path", label_column: str | None 
         raise DataError(f"{str(path)!r} is not a valid CSV file: {exc}") from exc
     if not rows:
         raise DataError(f"CSV file {str(path)!r} has no data rows.")
+    columns = [c for c in columns if c is not None]  # None holds the extra cells of long rows
+    if not columns:
+        raise DataError(f"The first line of CSV file {str(path)!r} is empty; it must name the columns, "
+                        f"e.g. '{path_column},{label_column or 'label'}'.")
     wanted = [path_column] + ([label_column] if label_column else [])
     missing = [c for c in wanted if c not in columns]
     if missing:
@@ -171,7 +175,7 @@ def from_csv(path: Path, *, path_column: str = "path", label_column: str | None 
     for line, row in enumerate(rows, start=2):
         rel = (row.get(path_column) or "").strip()
         p = Path(rel) if Path(rel).is_absolute() else path.parent / rel
-        if not rel or not p.is_file():
+        if not rel or not _is_file(p):
             absent.append(f"line {line}: {rel!r}")
             continue
         items.append(str(p))
@@ -186,6 +190,14 @@ def from_csv(path: Path, *, path_column: str = "path", label_column: str | None 
     if label_column and any(lbl == "" for lbl in labels):
         raise DataError(f"Some rows of {str(path)!r} have an empty {label_column!r}; label every row.")
     return Examples(items, labels if label_column else None, str(path))
+
+
+def _is_file(p: Path) -> bool:
+    """``p.is_file()``, but False rather than an OSError for a path the OS refuses (name too long)."""
+    try:
+        return p.is_file()
+    except OSError:
+        return False
 
 
 def check_duplicates(ex: Examples) -> Examples:

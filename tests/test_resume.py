@@ -1,0 +1,116 @@
+"""Crash safety: kill -9 a real training process, resume it, get the same weights as an unbroken run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY, make_images, write_folder
+
+ARGS = ["--backbone", TINY, "--random-init", "--strategy", "two-stage", "--freeze-stages", "2",
+        "--epochs", "8", "--head-epochs", "3", "--batch-size", "8", "--precision", "fp32", "--seed", "7",
+        "--quiet"]
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "headstart.cli", *map(str, args)]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    x, y = make_images(n_per_class=24, size=48, seed=3)
+    return write_folder(tmp_path_factory.mktemp("resume") / "data", x, y)
+
+
+def _wait_for_checkpoint(path, proc, phase_index, timeout=120):
+    from headstart.train import load_checkpoint
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            return False
+        if path.is_file():
+            try:
+                ckpt = load_checkpoint(path)
+            except Exception:  # being replaced right now; try again
+                continue
+            if ckpt["phase_index"] >= phase_index and ckpt["epoch"] >= 1:
+                return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.mark.parametrize("phase_index", [0, 1], ids=["killed-in-head-phase", "killed-in-finetune-phase"])
+def test_kill_9_then_resume_equals_unbroken_run(folder, tmp_path, phase_index):
+    env = {**os.environ, "COLUMNS": "120"}
+    ref = tmp_path / "reference"
+    subprocess.run(_cli("train", folder, "--out", ref, *ARGS), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("train", folder, "--out", run, *ARGS), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for_checkpoint(run / "checkpoint.pt", proc, phase_index), "run ended before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "model.safetensors").exists()
+
+    done = subprocess.run(_cli("resume", run), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:  # fp32 on CPU is deterministic: exactly equal, not merely close
+        assert torch.equal(a[k], b[k]), k
+    lines_a = (ref / "metrics.jsonl").read_text().splitlines()
+    lines_b = (run / "metrics.jsonl").read_text().splitlines()
+    strip = lambda ls: [{k: v for k, v in __import__("json").loads(l).items() if k not in ("seconds", "images_per_s")} for l in ls]
+    assert strip(lines_a) == strip(lines_b)
+    assert not (run / "checkpoint.pt").exists()  # the finished run supersedes it
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from headstart.storage import atomic_path
+    from headstart.train import load_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    with atomic_path(path) as tmp:
+        torch.save({"epoch": 1, "w": torch.ones(3)}, tmp)
+
+    class DiskFull(OSError):
+        pass
+
+    with pytest.raises(DiskFull):
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(b"half a checkpoi")
+            raise DiskFull("No space left on device")
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no stray temporary files
+
+
+def test_resume_without_checkpoint_is_explained(folder, tmp_path):
+    p = subprocess.run(_cli("train", folder, "--out", tmp_path / "new", "--resume", *ARGS),
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "Nothing to resume" in p.stderr
+
+
+def test_resume_with_changed_options_is_refused(folder, tmp_path):
+    from headstart import TransferClassifier
+    from headstart.errors import HeadstartError
+    from headstart.storage import atomic_path
+
+    x, y = make_images(6)
+    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2, precision="fp32")
+    run = tmp_path / "r"
+    run.mkdir()
+    with atomic_path(run / "checkpoint.pt") as tmp:
+        torch.save({"config": {**clf.config.to_dict(), "lr": 0.5}}, tmp)
+    with pytest.raises(HeadstartError, match=r"different options \['lr'\]"):
+        clf.fit(x, y, out=run, resume=True)
