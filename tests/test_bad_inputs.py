@@ -15,6 +15,7 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -119,7 +120,7 @@ def png_bad_idat_data() -> bytes:
     return flip_byte(data, data.index(b"IDAT") + 10)
 
 
-def write(name: str, content) -> callable:
+def write(name: str, content) -> Callable[[Path], Path]:
     """A builder writing ``content`` (bytes, or a callable returning bytes or an image) to tmp/name."""
     def build(tmp: Path) -> Path:
         path = tmp / name
@@ -555,6 +556,14 @@ def test_test_labels_never_seen_in_training(fitted, tmp_path):
         clf.evaluate(test)
 
 
+def test_evaluate_on_only_unreadable_images_is_one_clear_error(fitted, tmp_path):
+    for cls in fitted[0].classes_:
+        (tmp_path / "test" / cls).mkdir(parents=True)
+        (tmp_path / "test" / cls / "broken.png").write_text("not an image")
+    with pytest.raises(DataError, match="could be read"):
+        fitted[0].evaluate(tmp_path / "test")
+
+
 @pytest.mark.parametrize("X, message", [
     (np.full((2, 8, 8, 3), np.nan, dtype=np.float32), r"Cannot predict 'array\[0\]': array contains NaN"),
     (np.zeros((2, 8)), r"got shape \(2, 8\)"),
@@ -581,3 +590,24 @@ def test_cli_predict_gives_a_json_error_line_per_bad_input(fitted, tmp_path):
     for line, case in zip(lines[1:], bad):
         assert BAD_FILES[case][1] in line["error"], (case, line)
 
+
+
+def test_class_whose_every_image_is_unreadable_is_named(tmp_path):
+    from headstart import TransferClassifier
+
+    x, y = make_images(4)  # noqa: F841
+    root = write_folder(tmp_path / "d", x, y)
+    for f in (root / "dark").iterdir():
+        f.write_text("not an image")
+    clf = TransferClassifier("timm:test_efficientnet", strategy="linear-probe", pretrained=False,
+                             head_epochs=2, precision="fp32", val_fraction=0)
+    with pytest.raises(DataError, match="class 'dark' was unreadable"):
+        clf.fit(root)
+
+
+def test_cli_predict_on_a_folder_without_images(fitted, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = subprocess.run([sys.executable, "-m", "headstart.cli", "predict", str(fitted[2]), str(empty)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "No images found" in p.stderr and "Traceback" not in p.stderr

@@ -50,3 +50,23 @@ def test_frozen_cut_stops_at_first_trainable_module():
 
 def test_vit_has_no_chain_and_still_trains(tiny_data):
     assert sequential_chain(get_backbone("timm:test_vit", pretrained=False).module) is None
+
+
+def test_streamed_extraction_matches_in_memory_and_is_reused(tiny_data, tmp_path):
+    from headstart.data import as_examples, decode_all
+    from headstart.features import compute_features, extract_to_disk
+    from headstart.model import TransferModel
+
+    bb = get_backbone(TINY, pretrained=False)
+    model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages)
+    x, y = tiny_data
+    items = list(x[:5]) + [np.full((3, 3), np.nan)] + list(x[5:9])  # one unreadable input
+    ex = as_examples(items, [0] * 10)
+    kw = dict(preprocess=bb.preprocess, precision="fp32", device=torch.device("cpu"), batch_size=4)
+    feats, index, skipped = extract_to_disk(model, ex, **kw)
+    assert isinstance(feats, np.memmap) and feats.shape == (9, bb.num_features)
+    assert list(index) == [0, 1, 2, 3, 4, 6, 7, 8, 9] and len(skipped) == 1
+    ref = compute_features(model, decode_all(ex, bb.preprocess).pixels, precision="fp32", device=torch.device("cpu"))
+    np.testing.assert_allclose(np.asarray(feats), ref.numpy(), rtol=1e-4, atol=1e-5)
+    again, index2, _ = extract_to_disk(model, ex, **kw)
+    assert again.filename == feats.filename and list(index2) == list(index)

@@ -7,6 +7,7 @@ import os
 import pathlib
 import pickle
 import struct
+from typing import Callable
 
 import pytest
 import torch
@@ -39,21 +40,21 @@ class ShellPayload:
         return os.system, (f"touch '{self.marker}'",)
 
 
-def torch_zip(payload) -> callable:
+def torch_zip(payload) -> Callable:
     """The usual torch.save zip archive, a real tensor beside the payload."""
     def write(path, marker):
         torch.save({"weight": torch.ones(2), "extra": payload(marker)}, path)
     return write
 
 
-def raw_pickle(payload) -> callable:
+def raw_pickle(payload) -> Callable:
     """An old-style bare pickle (what many .bin files are)."""
     def write(path, marker):
         path.write_bytes(pickle.dumps({"weight": torch.ones(2), "extra": payload(marker)}))
     return write
 
 
-def lightning_ckpt(payload) -> callable:
+def lightning_ckpt(payload) -> Callable:
     """A Lightning-style checkpoint: a clean state_dict with a malicious object beside it."""
     def write(path, marker):
         torch.save({"state_dict": {"weight": torch.ones(2)}, "callbacks": payload(marker)}, path)

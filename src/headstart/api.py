@@ -20,7 +20,7 @@ from .data import stratified_split
 from .errors import DataError, HeadstartError
 from .model import TransferModel
 from .run import CHECKPOINT, METRICS, read_run, save_run
-from .runtime import default_device, inference_context, resolve_precision, to_fast_layout
+from .runtime import default_device, inference_context, is_main_process, resolve_precision, to_fast_layout
 
 log = logging.getLogger("headstart")
 
@@ -86,6 +86,7 @@ class TransferClassifier:
         tr = decode_all(train_ex, backbone.preprocess, strict=cfg.strict)
         self.skipped_ = list(tr.skipped)
         data = TrainData(tr.pixels, encode_labels([train_ex.labels[i] for i in tr.index], self.classes_))
+        _check_every_class_readable(data.y_train, self.classes_, tr.skipped)
         if val_ex is not None:
             va = decode_all(val_ex, backbone.preprocess, strict=cfg.strict)
             self.skipped_ += va.skipped
@@ -105,7 +106,7 @@ class TransferClassifier:
                            "n_val": 0 if data.x_val is None else len(data.x_val),
                            "n_skipped": len(self.skipped_), "skipped": self.skipped_[:50]}
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
-        if out is not None:
+        if out is not None and is_main_process():  # one writer when several processes train
             self.save(out)
             checkpoint_path.unlink(missing_ok=True)  # the finished run supersedes it
         return self
@@ -136,6 +137,9 @@ class TransferClassifier:
             raise DataError("Evaluation needs labels: a class-per-folder directory, a CSV with labels, or y.")
         truth = encode_labels(ex.labels, self.classes_)
         probs, skipped, kept = self._predict_examples(ex, with_index=True)
+        if not kept:
+            raise DataError(f"None of the {len(ex)} evaluation images could be read; first error: "
+                            f"{skipped[0][0]!r}: {skipped[0][1]}.")
         report = classification_metrics(truth[kept].numpy(), probs.argmax(1), self.classes_)
         report["n_skipped"] = len(skipped)
         report["skipped"] = skipped[:50]
@@ -184,6 +188,16 @@ class TransferClassifier:
 
     def __repr__(self) -> str:
         return f"TransferClassifier(backbone={self.backbone!r}, strategy={self.config.strategy!r})"
+
+
+def _check_every_class_readable(y: torch.Tensor, classes: list, skipped: list) -> None:
+    counts = torch.bincount(y, minlength=len(classes))
+    empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
+    if empty:
+        raise DataError(
+            f"Every training image of class {empty[0]!r} was unreadable ({len(skipped)} skipped, e.g. "
+            f"{skipped[0][0]!r}: {skipped[0][1]}); fix those files or remove the class."
+        )
 
 
 def _load_resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:

@@ -124,6 +124,10 @@ def predict(
             paths += sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
         else:
             paths.append(item)
+    if not paths:
+        from .errors import DataError
+
+        raise DataError(f"No images found in {inputs}; pass image files or folders holding images.")
     probs, skipped, kept = clf._predict_examples(Examples(paths, None, "inputs"), with_index=True)
     rows = {i: probs[j] for j, i in enumerate(kept)}
     errors = dict(skipped)

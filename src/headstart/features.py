@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .backbones.base import PreprocessConfig, tensors_sha256
-from .runtime import batched_apply, chunks, to_fast_layout
+from .runtime import batched_apply, chunks, maybe_compile, to_fast_layout
 from .storage import atomic_path, cache_dir
 
 
@@ -75,3 +75,67 @@ def clear_feature_cache() -> int:
         os.unlink(p)
         removed += 1
     return removed
+
+
+def examples_sha256(ex) -> str:
+    """A fingerprint of a dataset without decoding it: file path, size and mtime, or array bytes."""
+    h = hashlib.sha256()
+    for item in ex.items:
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                st = os.stat(item)
+                h.update(f"{os.fspath(item)}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"{os.fspath(item)}|missing".encode())
+        elif isinstance(item, np.ndarray):
+            h.update(str((item.shape, item.dtype.str)).encode())
+            h.update(np.ascontiguousarray(item).tobytes())
+        else:  # PIL image
+            h.update(str((item.mode, item.size)).encode())
+            h.update(item.tobytes())
+    return h.hexdigest()
+
+
+def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, device: torch.device,
+                    batch_size: int = 64, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
+    """Features of every image in ``ex``, streamed in batches into a memory-mapped file.
+
+    Memory stays flat whatever the dataset size: only one batch of pixels is ever in RAM, and the
+    (N, D) result lives on disk. Returns (features memmap, indices of the decoded images, skipped).
+    """
+    from .data.images import iter_decoded
+
+    key = feature_key(weights_sha256=tensors_sha256(model.backbone.state_dict()), preprocess=preprocess,
+                      layer="pooled", precision=precision, data_sha256=examples_sha256(ex))
+    root = cache_dir("features")
+    path, index_path = root / f"{key}.stream.npy", root / f"{key}.index.npy"
+    if use_cache and path.is_file() and index_path.is_file():
+        return np.load(path, mmap_mode="r"), np.load(index_path), []
+    model.eval()
+    to_fast_layout(model)
+    dim = getattr(model.head[-1], "in_features", None)
+    features = maybe_compile(model.features, len(ex))
+    index, skipped, rows = [], [], 0
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ex), dim))
+        for part in iter_decoded(ex, preprocess, batch_size=batch_size):
+            skipped += part.skipped
+            if len(part.pixels):
+                px, n = part.pixels, len(part.pixels)
+                if features is not model.features and n < batch_size:  # one shape: no recompilation
+                    px = torch.cat([px, px[-1:].expand(batch_size - n, *px.shape[1:])])
+                feats = next(batched_apply(features, [px], precision=precision, device=device))[:n]
+                out[rows:rows + len(feats)] = feats.numpy()
+                rows += len(feats)
+                index += part.index
+        out.flush()
+        del out
+        if rows < len(ex):  # skipped images: shrink to the rows actually written
+            full = np.load(tmp, mmap_mode="r")
+            np.save(tmp.with_suffix(".part.npy"), full[:rows])
+            del full
+            os.replace(tmp.with_suffix(".part.npy"), tmp)
+    with atomic_path(index_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(index, dtype=np.int64))
+    return np.load(path, mmap_mode="r"), np.load(index_path), skipped

@@ -77,3 +77,28 @@ def batched_apply(fn, batches: Iterable[torch.Tensor], *, precision: str, device
 def chunks(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(x), batch_size):
         yield x[i:i + batch_size]
+
+
+# Compiling Lite0 takes about a minute on 2 cores and gains roughly 1.4x in bf16 inference, so it
+# only pays for itself on tens of thousands of images; never for a handful.
+COMPILE_MIN_IMAGES = 20_000
+
+
+def maybe_compile(fn, n_images: int, mode: str = "auto"):
+    """``torch.compile(fn)`` when ``mode == "always"`` or (auto) the data is large enough to amortise it."""
+    import os
+
+    mode = os.environ.get("HEADSTART_COMPILE", mode)
+    if mode == "never" or (mode == "auto" and n_images < COMPILE_MIN_IMAGES):
+        return fn
+    try:
+        return torch.compile(fn, dynamic=False)
+    except Exception:  # no compiler toolchain: eager is always correct
+        return fn
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun / ``accelerate launch`` (which set RANK), or a plain single process."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0

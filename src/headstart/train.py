@@ -25,7 +25,7 @@ from .features import cached_features
 from .model import TransferModel
 from .prefix import prefix_outputs, split_for_prefix_cache
 from .storage import atomic_path
-from .runtime import make_accelerator, resolve_precision, to_fast_layout
+from .runtime import is_main_process, make_accelerator, resolve_precision, to_fast_layout
 from .strategies import Phase, apply_freeze, param_groups, plan_phases
 
 
@@ -72,7 +72,7 @@ class _Run:
     model: nn.Module | None = None
 
     def log_epoch(self, rec: dict, total: int) -> None:
-        if self.metrics_path is not None:
+        if self.metrics_path is not None and is_main_process():
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if self.progress is not None:
@@ -81,7 +81,7 @@ class _Run:
     def save_checkpoint(self, *, epoch: int, records: list[dict], optimizer=None, scheduler=None,
                         best_state=None, best_score=None, bad_epochs: int = 0, generators=()) -> None:
         """Everything needed to continue exactly here: weights, optimizer, schedule, RNGs, position."""
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not is_main_process():  # one writer under DDP
             return
         state = {
             "version": 1, "phase_index": self.phase_index, "epoch": epoch,
