@@ -57,6 +57,18 @@ def decoded(images: np.ndarray, preprocess) -> torch.Tensor:
     return decode_all(as_examples(images), preprocess).pixels
 
 
+def add_threads_option(ap) -> None:
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads (default: all cores; --quick uses 1 so a smoke test stays short on a "
+                         "shared CPU, where OpenMP threads waiting for a descheduled sibling slow every op)")
+
+
+def apply_threads(args) -> None:
+    args.threads = args.threads or (1 if args.quick else 0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def clock(fn, *args, **kw) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn(*args, **kw)
@@ -77,7 +89,7 @@ def table(headers: list[str], rows: list[list]) -> None:
     cells = [[str(c) for c in r] for r in [headers] + rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for j, r in enumerate(cells):
-        print("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if j == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -87,9 +99,15 @@ def _numeric(cell: str) -> bool:
 
 
 def machine() -> str:
+    """One line about the machine, warning when other processes load the CPU (timings then mean little)."""
     info = cpuinfo()
+    load = os.getloadavg()[0]
+    busy = (f"\nWARNING: load average {load:.1f} on {info['cores']} cores before this run: another process is "
+            "busy, so these timings are not representative (small ops suffer most, as OpenMP threads wait "
+            "for each other)") if load > 0.5 else ""
     return (f"{info['model']} ({info['vendor']}), {info['cores']} cores usable, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, cpu capability {torch.backends.cpu.get_cpu_capability()}")
+            f"{torch.get_num_threads()} threads, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"load average {load:.2f}{busy}")
 
 
 def cpuinfo() -> dict:

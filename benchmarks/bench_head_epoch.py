@@ -54,10 +54,13 @@ def main():
     ap.add_argument("--epochs", type=int, default=3, help="epochs measured for each variant")
     ap.add_argument("--batch-size", type=int, default=128, help="headstart's head-phase batch size")
     ap.add_argument("--quick", action="store_true", help="64 images, 1 epoch (smoke test)")
+    B.add_threads_option(ap)
     args = ap.parse_args()
     if args.quick:
         args.images, args.epochs = 64, 1
 
+    B.apply_threads(args)
+    print(B.machine())
     bb, model = B.load_model()
     x, y = B.fashion("train", n=args.images)
     pixels, labels = B.decoded(x, bb.preprocess), torch.from_numpy(y)
@@ -85,7 +88,6 @@ def main():
             losses.append(loss)
         results[name] = (sum(times) / len(times), losses[-1])
 
-    print(B.machine())
     print(f"{args.images} Fashion-MNIST images at {pixels.shape[-1]} px, batch {args.batch_size}, AdamW, "
           f"{args.epochs} epoch(s) each (mean), warm-up excluded; backbone precision {precision}")
     B.table(["variant", "s/epoch", "images/s", "last loss"],

@@ -12,7 +12,7 @@ from headstart.errors import DataError, HeadstartError
 @pytest.fixture
 def fitted(tiny_data, tmp_path):
     x, y = tiny_data
-    clf = TransferClassifier(TINY, strategy="two-stage", pretrained=False, epochs=2, head_epochs=4,
+    clf = TransferClassifier(TINY, strategy="two-stage", pretrained=False, epochs=2, head_epochs=4, head_min_steps=0,
                              batch_size=8, precision="fp32")
     clf.fit(x, y, out=tmp_path / "run")
     return clf, tmp_path / "run"
@@ -95,7 +95,7 @@ def test_unfitted_use_is_explained():
 def test_integer_labels_round_trip(tmp_path):
     x, _ = make_images(6)
     y = np.array([3] * 6 + [7] * 6)
-    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2, precision="fp32")
+    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2, head_min_steps=0, precision="fp32")
     clf.fit(x, y, out=tmp_path / "r")
     assert load(tmp_path / "r").classes_ == [3, 7]
     assert set(clf.predict(x)) <= {3, 7}

@@ -40,7 +40,7 @@ pytestmark = [
 def tiny_clf(**kw):
     from headstart import TransferClassifier
 
-    return TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2,
+    return TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2, head_min_steps=0,
                               precision="fp32", **kw)
 
 
@@ -600,7 +600,7 @@ def test_class_whose_every_image_is_unreadable_is_named(tmp_path):
     for f in (root / "dark").iterdir():
         f.write_text("not an image")
     clf = TransferClassifier("timm:test_efficientnet", strategy="linear-probe", pretrained=False,
-                             head_epochs=2, precision="fp32", val_fraction=0)
+                             head_epochs=2, head_min_steps=0, precision="fp32", val_fraction=0)
     with pytest.raises(DataError, match="class 'dark' was unreadable"):
         clf.fit(root)
 

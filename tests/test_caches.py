@@ -16,8 +16,8 @@ def _fit(tiny_data, use_cache, **kw):
     return TransferClassifier(TINY, pretrained=False, **opts).fit(*tiny_data)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(strategy="two-stage", freeze_stages=2, head_epochs=3),
-                                dict(strategy="linear-probe", head_epochs=5)])
+@pytest.mark.parametrize("kw", [dict(), dict(strategy="two-stage", freeze_stages=2, head_epochs=3, head_min_steps=0),
+                                dict(strategy="linear-probe", head_epochs=5, head_min_steps=0)])
 def test_cached_and_uncached_training_agree(tiny_data, kw):
     cached = _fit(tiny_data, True, **kw)
     plain = _fit(tiny_data, False, **kw)

@@ -30,7 +30,7 @@ def test_help_is_fast_and_imports_no_torch():
 def test_train_predict_evaluate_end_to_end(image_folder, tmp_path):
     out = tmp_path / "run"
     run("train", image_folder, "--backbone", TINY, "--random-init", "--out", out, "--epochs", "1",
-        "--head-epochs", "2", "--batch-size", "4", "--quiet")
+        "--head-epochs", "2", "--head-min-steps", "0", "--batch-size", "4", "--quiet")
     assert (out / "model.safetensors").is_file() and (out / "headstart.json").is_file()
     img = next((image_folder / "dark").iterdir())
     (tmp_path / "bad.png").write_text("not an image")

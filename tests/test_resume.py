@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import TINY, make_images, write_folder
 
 ARGS = ["--backbone", TINY, "--random-init", "--strategy", "two-stage", "--freeze-stages", "2",
-        "--epochs", "8", "--head-epochs", "3", "--batch-size", "8", "--precision", "fp32", "--seed", "7",
+        "--epochs", "8", "--head-epochs", "3", "--head-min-steps", "0", "--batch-size", "8", "--precision", "fp32", "--seed", "7",
         "--quiet"]
 
 
@@ -107,7 +107,7 @@ def test_resume_with_changed_options_is_refused(folder, tmp_path):
     from headstart.storage import atomic_path
 
     x, y = make_images(6)
-    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2, precision="fp32")
+    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2, head_min_steps=0, precision="fp32")
     run = tmp_path / "r"
     run.mkdir()
     with atomic_path(run / "checkpoint.pt") as tmp:

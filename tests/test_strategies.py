@@ -12,7 +12,7 @@ from headstart.strategies import apply_freeze, param_groups, plan_phases
 
 def _fit(tiny_data, strategy, **kw):
     x, y = tiny_data
-    opts = dict(epochs=2, head_epochs=3, batch_size=8, precision="fp32", augment=False, val_fraction=0.25)
+    opts = dict(epochs=2, head_epochs=3, head_min_steps=0, batch_size=8, precision="fp32", augment=False, val_fraction=0.25)
     opts.update(kw)
     return TransferClassifier(TINY, strategy=strategy, pretrained=False, **opts)
 
@@ -131,7 +131,7 @@ def test_bad_options_are_explained():
 
 def test_training_learns_a_separable_problem(tiny_data):
     x, y = tiny_data
-    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=40, lr=1e-2,
+    clf = TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=40, head_min_steps=0, lr=1e-2,
                              precision="fp32", val_fraction=0.0).fit(x, y)
     assert clf.score(x, y) == 1.0
 

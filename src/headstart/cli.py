@@ -32,6 +32,7 @@ def train(
     freeze_stages: Optional[int] = typer.Option(None, help="partial: stages kept frozen; two-stage: unfreeze from this stage."),
     epochs: int = typer.Option(8, help="Epochs while the backbone trains."),
     head_epochs: int = typer.Option(40, help="Epochs of head-only training (on cached features)."),
+    head_min_steps: int = typer.Option(500, help="At least this many optimizer steps of head-only training."),
     batch_size: int = typer.Option(32),
     lr: float = typer.Option(1e-3, help="Learning rate of the new head."),
     backbone_lr_ratio: float = typer.Option(0.1, help="Backbone LR = lr x this."),
@@ -75,7 +76,7 @@ def _run_train(args: dict, resume: bool) -> None:
     from .run import TRAIN_ARGS
     from .storage import check_writable, write_json
 
-    names = ("strategy", "freeze_stages", "epochs", "head_epochs", "batch_size", "lr", "backbone_lr_ratio",
+    names = ("strategy", "freeze_stages", "epochs", "head_epochs", "head_min_steps", "batch_size", "lr", "backbone_lr_ratio",
              "layer_decay", "val_fraction", "augment", "precision", "seed", "strict")
     cfg = TrainConfig(**{k: args[k] for k in names})
     out = Path(args["out"])

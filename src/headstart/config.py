@@ -20,7 +20,11 @@ class TrainConfig:
                 "unfreeze from stage K (default 0 = all)."})
     epochs: int = field(default=8, metadata={"help": "epochs over images when the backbone trains"})
     head_epochs: int = field(default=40, metadata={
-        "help": "epochs of head-only training (on cached features: each takes a fraction of a second)"})
+        "help": "epochs of head-only training (on cached features: each takes a fraction of a second); "
+                "raised so the head gets at least head_min_steps optimizer steps"})
+    head_min_steps: int = field(default=500, metadata={
+        "help": "a few hundred images make only a few batches per epoch; a linear head on fixed "
+                "features needs a few hundred steps to converge, and here they cost milliseconds"})
     batch_size: int = 32
     lr: float = field(default=1e-3, metadata={"help": "learning rate of the new head"})
     backbone_lr_ratio: float = field(default=0.1, metadata={
@@ -37,6 +41,9 @@ class TrainConfig:
     val_fraction: float = field(default=0.2, metadata={"help": "held out per class when no validation set is given"})
     patience: int = field(default=5, metadata={"help": "early stopping: epochs without validation improvement"})
     dropout: float = 0.0
+    train_bn: bool = field(default=False, metadata={
+        "help": "update the running statistics of BatchNorm layers that are being fine-tuned; False keeps "
+                "every BN in inference mode (Keras' advice for small datasets). Frozen BN never updates."})
     seed: int = 0
     precision: str = field(default="auto", metadata={"help": f"one of {PRECISIONS}; auto = bf16 where the CPU/GPU supports it"})
     strict: bool = field(default=False, metadata={"help": "fail on the first unreadable image instead of skipping it"})

@@ -19,6 +19,7 @@ class TransferModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.stages = list(stages or [])  # freezable units of the backbone, input to output
+        self.train_bn = True  # False: every BatchNorm keeps its running statistics (see TrainConfig)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
         self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
@@ -43,19 +44,21 @@ class TransferModel(nn.Module):
     def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
         if mode:
-            freeze_batchnorm_stats(self.backbone)
+            freeze_batchnorm_stats(self.backbone, all_layers=not self.train_bn)
         return self
 
 
-def freeze_batchnorm_stats(module: nn.Module) -> None:
+def freeze_batchnorm_stats(module: nn.Module, all_layers: bool = False) -> None:
     """Put every BatchNorm whose affine parameters are frozen into eval mode.
 
     A frozen layer must be truly frozen: in train mode BatchNorm would keep updating its running
     mean/var (keras #9965, Lightning #15063) and normalise with batch statistics, silently changing
-    the features the head was trained on.
+    the features the head was trained on. With ``all_layers`` even trainable BatchNorm layers keep
+    their pretrained statistics (only their scale and shift learn), the safer choice for small
+    datasets, where a few dozen batches give noisy estimates.
     """
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             params = list(m.parameters(recurse=False))
-            if not params or not any(p.requires_grad for p in params):
+            if all_layers or not params or not any(p.requires_grad for p in params):
                 m.eval()

@@ -62,8 +62,9 @@ def frozen_cut(chain, frozen_params: set[int]) -> int:
 class Suffix(nn.Module):
     """The trainable top of the model: chain[cut:] then the head. Shares modules with the full model."""
 
-    def __init__(self, modules: list[nn.Module], head: nn.Module):
+    def __init__(self, modules: list[nn.Module], head: nn.Module, train_bn: bool = True):
         super().__init__()
+        self.train_bn = train_bn
         self.body = nn.Sequential(*modules)
         self.head = head
 
@@ -73,7 +74,7 @@ class Suffix(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if mode:
-            freeze_batchnorm_stats(self.body)
+            freeze_batchnorm_stats(self.body, all_layers=not self.train_bn)
         return self
 
 
@@ -87,7 +88,7 @@ def split_for_prefix_cache(model) -> tuple[nn.Module, Suffix, int] | None:
     if cut == 0:
         return None
     prefix = nn.Sequential(*[m for _, m in chain[:cut]])
-    return prefix, Suffix([m for _, m in chain[cut:]], model.head), cut
+    return prefix, Suffix([m for _, m in chain[cut:]], model.head, model.train_bn), cut
 
 
 def prefix_outputs(model, prefix: nn.Module, pixels: torch.Tensor, *, precision: str, device,

@@ -9,7 +9,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -115,6 +115,7 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
     precision = resolve_precision(cfg.precision)
     history = History(precision=precision)
     run = _Run(cfg, precision, progress, metrics_path, checkpoint_path, resume, model=model)
+    model.train_bn = cfg.train_bn
     phases = plan_phases(cfg, len(backbone.stages))
     first = 0
     if resume is not None:
@@ -159,9 +160,12 @@ def _fit_head_on_features(model, backbone, data, cfg, phase, run: _Run):
             feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=run.precision,
                                               device=device, use_cache=cfg.use_feature_cache)
     val = (feats["val"], data.y_val) if "val" in feats else None
-    # Head-only epochs are cheap: a larger batch is fine and much faster.
+    # Head-only epochs are cheap: a larger batch, and enough epochs for the head to converge.
+    batch_size = max(cfg.batch_size, 128)
+    steps_per_epoch = max(1, len(data.x_train) // batch_size)
+    phase = replace(phase, epochs=max(phase.epochs, math.ceil(cfg.head_min_steps / steps_per_epoch)))
     return _train_module(model.head, (feats["train"], data.y_train), val, cfg, phase, run,
-                         batch_size=max(cfg.batch_size, 128))
+                         batch_size=batch_size)
 
 
 def _fit_images(model, backbone, data, cfg, phase, run: _Run):
@@ -204,6 +208,11 @@ def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase,
     best_score, best_state, bad_epochs, records, start = None, None, 0, [], 1
     if run.resume is not None and run.resume["optimizer"] is not None:
         best_score, best_state, bad_epochs, records, start = _restore(run.resume, optimizer, scheduler, generators)
+    elif run.phase_index > 0 and val_loader is not None:
+        # A later phase must beat what the earlier ones achieved, or their weights are kept: a
+        # fine-tune that overfits a tiny dataset never makes the model worse than the head alone.
+        loss, acc = _evaluate(module, val_loader, accel)
+        best_score, best_state = (-loss, acc), copy.deepcopy(accel.unwrap_model(module).state_dict())
     for epoch in range(start, phase.epochs + 1):
         t0 = time.perf_counter()
         module.train()
