@@ -44,11 +44,18 @@ def _wait_for_checkpoint(path, proc, phase_index, timeout=120):
     return False
 
 
+@pytest.fixture(scope="module")
+def reference(folder, tmp_path_factory):
+    """The same run, never interrupted."""
+    ref = tmp_path_factory.mktemp("reference") / "run"
+    subprocess.run(_cli("train", folder, "--out", ref, *ARGS), check=True, capture_output=True)
+    return ref
+
+
 @pytest.mark.parametrize("phase_index", [0, 1], ids=["killed-in-head-phase", "killed-in-finetune-phase"])
-def test_kill_9_then_resume_equals_unbroken_run(folder, tmp_path, phase_index):
+def test_kill_9_then_resume_equals_unbroken_run(folder, reference, tmp_path, phase_index):
     env = {**os.environ, "COLUMNS": "120"}
-    ref = tmp_path / "reference"
-    subprocess.run(_cli("train", folder, "--out", ref, *ARGS), check=True, env=env, capture_output=True)
+    ref = reference
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli("train", folder, "--out", run, *ARGS), env=env,

@@ -172,3 +172,21 @@ def test_damaged_weights_are_a_clear_error_not_a_security_refusal(case, tmp_path
 def test_missing_weights_file(tmp_path):
     with pytest.raises(HeadstartError, match="does not exist"):
         load_weights(tmp_path / "nope.safetensors")
+
+
+def test_cli_train_refuses_a_malicious_file_backbone(tmp_path):
+    """End to end: `headstart train --backbone file:evil.pt` explains the refusal; the payload never runs."""
+    import subprocess
+    import sys
+
+    from conftest import make_images, write_folder
+
+    data = write_folder(tmp_path / "data", *make_images(3))
+    evil, marker = tmp_path / "evil.pt", tmp_path / "PWNED"
+    torch_zip(ShellPayload)(evil, marker)
+    (tmp_path / "evil.json").write_text(json.dumps({"architecture": "test_efficientnet"}))
+    p = subprocess.run([sys.executable, "-m", "headstart.cli", "train", str(data), "--backbone", f"file:{evil}",
+                        "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True)
+    assert p.returncode == 2 and "Refused to load" in p.stderr and "--allow-unsafe-pickle" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not marker.exists()

@@ -34,9 +34,10 @@ class TransferClassifier:
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, strategy: str = "two-stage", *,
                  config: TrainConfig | None = None, pretrained: bool = True, verbose: bool = False,
-                 **train_options: Any):
+                 allow_unsafe_pickle: bool = False, **train_options: Any):
         self.backbone = backbone
         self.pretrained = pretrained
+        self.allow_unsafe_pickle = allow_unsafe_pickle  # only for file: weights you trust
         self.verbose = verbose
         base = config or TrainConfig()
         self.config = base.replace(strategy=strategy, **train_options) if (strategy != base.strategy or train_options) \
@@ -76,7 +77,8 @@ class TransferClassifier:
         from .train import TrainData, fit, seed_everything
 
         seed_everything(cfg.seed)
-        backbone = get_backbone(self.backbone, pretrained=self.pretrained)
+        backbone = get_backbone(self.backbone, pretrained=self.pretrained,
+                                allow_unsafe_pickle=self.allow_unsafe_pickle)
         self.model_ = TransferModel(backbone.module, backbone.num_features, len(self.classes_),
                                     backbone.preprocess, stages=backbone.stages, dropout=cfg.dropout)
         self.model_.to(default_device())

@@ -46,6 +46,8 @@ def train(
     path_column: str = typer.Option("path", help="CSV column with image paths."),
     label_column: str = typer.Option("label", help="CSV column with labels."),
     pretrained: bool = typer.Option(True, "--pretrained/--random-init", help="Start from pretrained weights (default) or from scratch."),
+    allow_unsafe_pickle: bool = typer.Option(False, "--allow-unsafe-pickle",
+                                             help="Let file: backbones unpickle arbitrary objects. Only for files you trust."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     resume: bool = typer.Option(False, "--resume", help="Continue this --out run from its last checkpoint."),
 ):
@@ -81,7 +83,8 @@ def _run_train(args: dict, resume: bool) -> None:
     cfg = TrainConfig(**{k: args[k] for k in names})
     out = Path(args["out"])
     console = _console()
-    clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"])
+    clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"],
+                             allow_unsafe_pickle=args.get("allow_unsafe_pickle", False))
     cols = dict(path_column=args["path_column"], label_column=args["label_column"])
     x = as_examples(args["data"], **cols)
     validation = as_examples(args["val"], **cols) if args["val"] else None
