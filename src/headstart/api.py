@@ -172,6 +172,7 @@ class TransferClassifier:
             "preprocess": self.preprocess_.to_dict(),
             "config": self.config.to_dict(),
             "history": {"phases": self.history_.phases, "precision": self.history_.precision,
+                        "inference_precision": self.history_.inference_precision,
                         "seconds": self.history_.seconds} if hasattr(self, "history_") else None,
             "metrics": self.final_metrics_() if hasattr(self, "history_") else None,
             "data": getattr(self, "data_info_", None),

@@ -100,7 +100,8 @@ def _print_fit_summary(console, clf, out) -> None:
     m = clf.final_metrics_()
     skipped = clf.data_info_["n_skipped"]
     console.print(f"[green]saved[/green] {out}  ({clf.data_info_['n_train']} train / {clf.data_info_['n_val']} val images, "
-                  f"{len(clf.classes_)} classes, {clf.fit_seconds_:.1f}s, {clf.history_.precision})")
+                  f"{len(clf.classes_)} classes, {clf.fit_seconds_:.1f}s, "
+                  f"{clf.history_.precision} training / {clf.history_.inference_precision} inference)")
     if "val_acc" in m:
         console.print(f"best validation accuracy {m['val_acc']:.4f} ({m['phase']} epoch {m['epoch']})")
     if skipped:

@@ -92,10 +92,9 @@ def split_for_prefix_cache(model) -> tuple[nn.Module, Suffix, int] | None:
 
 
 def prefix_outputs(model, prefix: nn.Module, pixels: torch.Tensor, *, precision: str, device,
-                   batch_size: int = 64) -> torch.Tensor:
-    """Activations at the cut for uint8 ``pixels``, computed once (stored in bf16 when training in bf16)."""
+                   store: torch.dtype = torch.float32, batch_size: int = 64) -> torch.Tensor:
+    """Activations at the cut for uint8 ``pixels``, computed once, kept in ``store`` dtype."""
     prefix.eval()
-    store = torch.bfloat16 if precision == "bf16" else torch.float32
     outs = [o.to(store) for o in batched_apply(lambda xb: prefix(model.normalize(xb)), chunks(pixels, batch_size),
                                                 precision=precision, device=device)]
     return torch.cat(outs)

@@ -24,8 +24,13 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """"auto" → "bf16" where the device computes bf16 natively, else "fp32"."""
+def resolve_precision(precision: str, device: torch.device | str = "cpu", purpose: str = "inference") -> str:
+    """"auto" → "bf16" where it is faster, else "fp32".
+
+    On CPUs, bf16 autocast speeds up inference (1.4-2x for Lite0 here), but training is no faster
+    and, for the depthwise convolutions of EfficientNet/MobileNet blocks, 2x slower: their bf16
+    backward kernels are slow. So "auto" trains in fp32 on CPUs and in bf16 on capable GPUs.
+    """
     device = torch.device(device)
     if precision == "fp32":
         return "fp32"
@@ -33,6 +38,8 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
         else cpu_has_fast_bf16()
     if precision == "bf16" and not supported:
         raise HeadstartError(f"precision='bf16' was requested but this {device.type} has no fast bf16; use 'fp32' or 'auto'.")
+    if precision == "auto" and purpose == "train" and device.type == "cpu":
+        return "fp32"
     return "bf16" if supported else "fp32"
 
 

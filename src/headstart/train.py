@@ -41,7 +41,8 @@ class TrainData:
 class History:
     epochs: list[dict] = field(default_factory=list)
     phases: list[dict] = field(default_factory=list)
-    precision: str = "fp32"
+    precision: str = "fp32"  # of the training passes
+    inference_precision: str = "fp32"  # of feature / prefix extraction and prediction
     seconds: float = 0.0
 
 
@@ -61,7 +62,8 @@ class _Run:
     """What every phase needs besides the data: precision, logging, and crash-safe checkpoints."""
 
     cfg: TrainConfig
-    precision: str
+    precision: str  # training passes
+    inference_precision: str  # cached features and prefix outputs
     progress: Callable | None = None
     metrics_path: Path | None = None
     checkpoint_path: Path | None = None
@@ -112,9 +114,11 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
     as ``resume`` to continue a killed run exactly where its last checkpoint left it.
     """
     start = time.perf_counter()
-    precision = resolve_precision(cfg.precision)
-    history = History(precision=precision)
-    run = _Run(cfg, precision, progress, metrics_path, checkpoint_path, resume, model=model)
+    device = next(model.parameters()).device
+    precision = resolve_precision(cfg.precision, device, purpose="train")
+    inference_precision = resolve_precision(cfg.precision, device, purpose="inference")
+    history = History(precision=precision, inference_precision=inference_precision)
+    run = _Run(cfg, precision, inference_precision, progress, metrics_path, checkpoint_path, resume, model=model)
     model.train_bn = cfg.train_bn
     phases = plan_phases(cfg, len(backbone.stages))
     first = 0
@@ -157,7 +161,7 @@ def _fit_head_on_features(model, backbone, data, cfg, phase, run: _Run):
     feats = {}
     for split, x in (("train", data.x_train), ("val", data.x_val)):
         if x is not None and len(x):
-            feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=run.precision,
+            feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=run.inference_precision,
                                               device=device, use_cache=cfg.use_feature_cache)
     val = (feats["val"], data.y_val) if "val" in feats else None
     # Head-only epochs are cheap: a larger batch, and enough epochs for the head to converge.
@@ -178,9 +182,11 @@ def _fit_images(model, backbone, data, cfg, phase, run: _Run):
         # Frozen prefix + no augmentation: its output never changes, so run it once, not every epoch.
         prefix, suffix, _ = split
         device = next(model.parameters()).device
-        x_train = prefix_outputs(model, prefix, data.x_train, precision=precision, device=device)
+        kw = dict(precision=run.inference_precision, device=device,
+                  store=torch.bfloat16 if precision == "bf16" else torch.float32)
+        x_train = prefix_outputs(model, prefix, data.x_train, **kw)
         if val is not None:
-            val = (prefix_outputs(model, prefix, val[0], precision=precision, device=device), val[1])
+            val = (prefix_outputs(model, prefix, val[0], **kw), val[1])
         return _train_module(suffix, (x_train, data.y_train), val, cfg, phase, run,
                              batch_size=cfg.batch_size, groups=groups)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
