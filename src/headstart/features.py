@@ -116,8 +116,11 @@ def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, 
     dim = getattr(model.head[-1], "in_features", None)
     features = maybe_compile(model.features, len(ex))
     index, skipped, rows = [], [], 0
-    with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ex), dim))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # Plain appends after an .npy header, not a writable memmap: dirty mapped pages count as
+        # resident memory until unmapped, so a 60k x 1280 memmap would grow RSS by ~300 MB.
+        header = _npy_header((len(ex), dim))
+        f.write(header)
         for part in iter_decoded(ex, preprocess, batch_size=batch_size):
             skipped += part.skipped
             if len(part.pixels):
@@ -125,17 +128,30 @@ def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, 
                 if features is not model.features and n < batch_size:  # one shape: no recompilation
                     px = torch.cat([px, px[-1:].expand(batch_size - n, *px.shape[1:])])
                 feats = next(batched_apply(features, [px], precision=precision, device=device))[:n]
-                out[rows:rows + len(feats)] = feats.numpy()
-                rows += len(feats)
+                f.write(feats.numpy().astype("<f4", copy=False).tobytes())
+                rows += n
                 index += part.index
-        out.flush()
-        del out
-        if rows < len(ex):  # skipped images: shrink to the rows actually written
-            full = np.load(tmp, mmap_mode="r")
-            np.save(tmp.with_suffix(".part.npy"), full[:rows])
-            del full
-            os.replace(tmp.with_suffix(".part.npy"), tmp)
+        if rows < len(ex):  # skipped images: the header must give the rows actually written
+            _fix_rows(f, header, rows, dim)
     with atomic_path(index_path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(index, dtype=np.int64))
     return np.load(path, mmap_mode="r"), np.load(index_path), skipped
+
+
+def _npy_header(shape: tuple[int, int], total: int | None = None) -> bytes:
+    """A version-1.0 .npy header for float32 C-order data, optionally padded to ``total`` bytes."""
+    import struct
+
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % shape
+    prefix = 10  # magic (6) + version (2) + header length (2)
+    total = total or -(-(prefix + len(text) + 1) // 64) * 64  # aligned to 64 bytes, as numpy does
+    text += " " * (total - prefix - len(text) - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+def _fix_rows(f, old_header: bytes, rows: int, dim: int) -> None:
+    """Rewrite the header in place for ``rows`` rows (same byte length) and drop the unused tail."""
+    f.seek(0)
+    f.write(_npy_header((rows, dim), total=len(old_header)))
+    f.truncate(len(old_header) + rows * dim * 4)

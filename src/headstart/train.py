@@ -72,6 +72,7 @@ class _Run:
     done_records: list[dict] = field(default_factory=list)
     done_phases: list[dict] = field(default_factory=list)
     model: nn.Module | None = None
+    phase_info: dict = field(default_factory=dict)  # one-off costs of the current phase (cache builds)
 
     def log_epoch(self, rec: dict, total: int) -> None:
         if self.metrics_path is not None and is_main_process():
@@ -144,7 +145,8 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
             records = _fit_images(model, backbone, data, cfg, phase, run)
         run.done_records += records
         run.done_phases.append({"name": phase.name, "frozen_stages": phase.frozen, "epochs_run": len(records),
-                                "seconds": round(time.perf_counter() - t0, 2)})
+                                "seconds": round(time.perf_counter() - t0, 2), **run.phase_info})
+        run.phase_info = {}
         run.phase_index = i + 1
         run.save_checkpoint(epoch=0, records=[])  # phase boundary: the next phase starts fresh
     history.epochs = run.done_records
@@ -158,11 +160,13 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
 def _fit_head_on_features(model, backbone, data, cfg, phase, run: _Run):
     """Backbone frozen and no augmentation: features once (cached on disk), then train only the head."""
     device = next(model.parameters()).device
+    t0 = time.perf_counter()
     feats = {}
     for split, x in (("train", data.x_train), ("val", data.x_val)):
         if x is not None and len(x):
             feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=run.inference_precision,
                                               device=device, use_cache=cfg.use_feature_cache)
+    run.phase_info["features_seconds"] = round(time.perf_counter() - t0, 2)
     val = (feats["val"], data.y_val) if "val" in feats else None
     # Head-only epochs are cheap: a larger batch, and enough epochs for the head to converge.
     batch_size = max(cfg.batch_size, 128)
@@ -184,9 +188,11 @@ def _fit_images(model, backbone, data, cfg, phase, run: _Run):
         device = next(model.parameters()).device
         kw = dict(precision=run.inference_precision, device=device,
                   store=torch.bfloat16 if precision == "bf16" else torch.float32)
+        t0 = time.perf_counter()
         x_train = prefix_outputs(model, prefix, data.x_train, **kw)
         if val is not None:
             val = (prefix_outputs(model, prefix, val[0], **kw), val[1])
+        run.phase_info["prefix_cache_seconds"] = round(time.perf_counter() - t0, 2)
         return _train_module(suffix, (x_train, data.y_train), val, cfg, phase, run,
                              batch_size=cfg.batch_size, groups=groups)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
