@@ -211,6 +211,37 @@ def backbones(
 
 
 @app.command()
+def rank(
+    data: str = typer.Argument(..., help="Labelled data: class folders or a CSV (path,label)."),
+    backbones_: str = typer.Option("timm:tf_efficientnet_lite0,timm:tf_efficientnet_lite1,timm:tf_efficientnet_lite2",
+                                   "--backbones", help="Comma-separated candidates."),
+    max_images: int = typer.Option(1000, help="Score on a stratified subsample of at most this many images."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+):
+    """Rank pretrained backbones for your data by transferability (LogME, LEEP, NCE, H-score, k-NN)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .selection import rank as rank_backbones
+    from .selection import recommendation
+
+    rows = rank_backbones(data, [b.strip() for b in backbones_.split(",") if b.strip()], max_images=max_images)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    fmt = lambda r, k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}" if k in r else "-"  # noqa: E731
+    table = Table("backbone", "LogME", "LEEP", "NCE", "H-score", "k-NN acc", "linear acc", "params", "img/s",
+                  title=f"transferability on {rows[0]['n_images'] if rows else 0} images (higher is better)")
+    for r in rows:
+        table.add_row(r["backbone"], fmt(r, "logme"), fmt(r, "leep"), fmt(r, "nce"), fmt(r, "hscore"),
+                      f"{r['knn_acc']:.3f}", f"{r['linear_acc']:.3f}", f"{r['params_m']}M",
+                      "cached" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}")
+    console = Console()
+    console.print(table)
+    console.print(recommendation(rows))
+
+
+@app.command()
 def demo(
     per_class: int = typer.Option(100, help="Labelled training images per class."),
     test_limit: int = typer.Option(0, help="Evaluate on only the first N test images (0 = all 10,000)."),

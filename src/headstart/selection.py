@@ -1,0 +1,83 @@
+"""Which pretrained backbone suits *this* data? Rank candidates by transferability, in seconds.
+
+Each candidate's frozen features are computed once (through the feature cache), then scored with
+LogME, LEEP, NCE, H-score and cross-validated k-NN / linear-probe accuracy, with bootstrap
+uncertainty, beside its cost (parameters, images/s). No fine-tuning happens.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import transferability as T
+from .backbones import get_backbone
+from .data import as_examples, check_duplicates, class_list, decode_all, stratified_split
+from .errors import DataError
+from .features import cached_features
+from .model import TransferModel
+from .runtime import default_device, resolve_precision
+
+
+def rank(data, backbones: Sequence[str], *, y=None, max_images: int = 1000, bootstrap_rounds: int = 10,
+         precision: str = "auto", seed: int = 0, pretrained: bool = True) -> list[dict[str, Any]]:
+    """Score every backbone in ``backbones`` on labelled ``data``; rows sorted best first (by LogME)."""
+    ex = check_duplicates(as_examples(data, y))
+    if ex.labels is None:
+        raise DataError("Ranking needs labelled data: class folders, a CSV with labels, or y.")
+    class_list(ex.labels)
+    if len(ex) > max_images:  # a stratified subsample keeps ranking to seconds
+        keep, _ = stratified_split(ex.labels, 1.0 - max_images / len(ex), seed)
+        ex = ex.subset(keep)
+    rows = [_score_backbone(spec, ex, precision=precision, rounds=bootstrap_rounds, seed=seed,
+                            pretrained=pretrained) for spec in backbones]
+    rows.sort(key=lambda r: -r["logme"])
+    return rows
+
+
+def _score_backbone(spec: str, ex, *, precision: str, rounds: int, seed: int, pretrained: bool) -> dict:
+    bb = get_backbone(spec, pretrained=pretrained)
+    device = default_device()
+    model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages).to(device)
+    decoded = decode_all(ex, bb.preprocess)
+    labels = np.asarray([str(ex.labels[i]) for i in decoded.index])
+    prec = resolve_precision(precision, device)
+    t0 = time.perf_counter()
+    feats, hit = cached_features(model, decoded.pixels, preprocess=bb.preprocess, precision=prec, device=device)
+    seconds = time.perf_counter() - t0
+    f = feats.numpy().astype(np.float64)
+    row: dict[str, Any] = {"backbone": spec, "params_m": round(bb.num_params / 1e6, 2),
+                           "features": bb.num_features, "input_size": bb.preprocess.input_size,
+                           "n_images": len(f), "images_per_s": None if hit else round(len(f) / seconds, 1)}
+    row["logme"], row["logme_std"] = T.bootstrap(lambda i: T.logme(f[i], labels[i]), len(f), rounds, seed)
+    row["hscore"], row["hscore_std"] = T.bootstrap(lambda i: T.hscore(f[i], labels[i]), len(f), rounds, seed)
+    if bb.source_head is not None:
+        with torch.no_grad():
+            probs = torch.softmax(bb.source_head(feats.to(device)).float(), 1).cpu().numpy()
+        row["leep"], row["leep_std"] = T.bootstrap(lambda i: T.leep(probs[i], labels[i]), len(f), rounds, seed)
+        hard = probs.argmax(1)
+        row["nce"], row["nce_std"] = T.bootstrap(lambda i: T.nce(hard[i], labels[i]), len(f), rounds, seed)
+    row["knn_acc"] = T.knn_accuracy(f, labels, seed=seed)
+    row["linear_acc"] = T.linear_probe_accuracy(f, labels, seed=seed)
+    return row
+
+
+def recommendation(rows: list[dict]) -> str:
+    """One plain sentence: the best candidate by LogME, and whether the other scores agree."""
+    if not rows:
+        return "No candidates."
+    best = rows[0]
+    text = f"Recommended: {best['backbone']} (highest LogME {best['logme']:.3f} ± {best['logme_std']:.3f})"
+    if len(rows) > 1:
+        second = rows[1]
+        gap = best["logme"] - second["logme"]
+        if gap < best["logme_std"] + second["logme_std"]:
+            cheaper = min(rows[:2], key=lambda r: r["params_m"])
+            text += (f"; it is within the uncertainty of {second['backbone']}, so the cheaper "
+                     f"{cheaper['backbone']} ({cheaper['params_m']}M parameters) is as good a choice")
+        by_linear = max(rows, key=lambda r: r["linear_acc"])
+        if by_linear is not best:
+            text += f"; note: cross-validated linear-probe accuracy prefers {by_linear['backbone']}"
+    return text + "."
