@@ -97,3 +97,33 @@ def test_rank_orders_candidates_and_recommends(tiny_data):
     assert [r["logme"] for r in rows] == sorted((r["logme"] for r in rows), reverse=True)
     assert {"logme", "logme_std", "hscore", "knn_acc", "linear_acc", "params_m"} <= set(rows[0])
     assert rows[0]["backbone"] in recommendation(rows)
+
+
+def test_plan_rules():
+    from headstart.planning import StageProfile, make_plan
+
+    rows = [StageProfile(i, f"s{i}", 8, 0.0, acc, dist) for i, (acc, dist) in
+            enumerate([(0.5, 0.1), (0.6, 0.4), (0.8, 1.2), (0.85, 1.8), (0.84, 1.9)])]
+    few = make_plan(rows, per_class=10)
+    assert (few.strategy, few.freeze_stages) == ("linear-probe", 5)
+    mid = make_plan(rows, per_class=100)
+    assert (mid.strategy, mid.freeze_stages, mid.backbone_lr_ratio, mid.best_feature_stage) == ("two-stage", 2, 0.3, 3)
+    assert any("stages above 3 add nothing" in r for r in mid.reasons)
+    many = make_plan(rows, per_class=1000)
+    assert many.freeze_stages == 1
+
+
+def test_profile_and_auto_strategy_end_to_end(tiny_data, tmp_path):
+    import json
+
+    from headstart import TransferClassifier, load
+
+    x, y = tiny_data
+    clf = TransferClassifier("timm:test_efficientnet", strategy="auto", pretrained=False, epochs=1, head_epochs=2,
+                             head_min_steps=0, precision="fp32")
+    clf.fit(x, y, out=tmp_path / "run")
+    assert len(clf.profile_) == 6 and all(0 <= r.domain_distance <= 2 for r in clf.profile_)
+    assert clf.plan_.strategy == "linear-probe"  # 12 labels per class: too few to fine-tune
+    meta = json.loads((tmp_path / "run" / "headstart.json").read_text())
+    assert meta["plan"]["strategy"] == meta["config"]["strategy"] == "linear-probe"
+    assert load(tmp_path / "run").predict(x[:2]).shape == (2,)

@@ -79,6 +79,14 @@ class TransferClassifier:
         seed_everything(cfg.seed)
         backbone = get_backbone(self.backbone, pretrained=self.pretrained,
                                 allow_unsafe_pickle=self.allow_unsafe_pickle)
+        if cfg.strategy == "auto":
+            from .planning import plan_for_data
+
+            self.profile_, self.plan_ = plan_for_data(train_ex, backbone, precision=cfg.precision, seed=cfg.seed)
+            cfg = cfg.replace(strategy=self.plan_.strategy, freeze_stages=self.plan_.freeze_stages,
+                              backbone_lr_ratio=self.plan_.backbone_lr_ratio)
+            for reason in self.plan_.reasons:
+                log.info("plan: %s", reason)
         self.model_ = TransferModel(backbone.module, backbone.num_features, len(self.classes_),
                                     backbone.preprocess, stages=backbone.stages, dropout=cfg.dropout)
         self.model_.to(default_device())
@@ -102,6 +110,7 @@ class TransferClassifier:
             metrics_path, checkpoint_path = Path(out) / METRICS, Path(out) / CHECKPOINT
             if ckpt is None:
                 metrics_path.unlink(missing_ok=True)
+        self.fitted_config_ = cfg
         self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress,
                             checkpoint_path=checkpoint_path, resume=ckpt)
         self.data_info_ = {"origin": train_ex.origin, "n_train": len(data.x_train),
@@ -170,7 +179,8 @@ class TransferClassifier:
             "backbone": self.backbone_info_,
             "classes": list(self.classes_),
             "preprocess": self.preprocess_.to_dict(),
-            "config": self.config.to_dict(),
+            "config": getattr(self, "fitted_config_", self.config).to_dict(),
+            "plan": self.plan_.to_dict() if hasattr(self, "plan_") else None,
             "history": {"phases": self.history_.phases, "precision": self.history_.precision,
                         "inference_precision": self.history_.inference_precision,
                         "seconds": self.history_.seconds} if hasattr(self, "history_") else None,
@@ -214,8 +224,9 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:
                                                      "no checkpoint.pt (the run never finished an epoch).")
             + " Start it again without --resume.")
     ckpt = load_checkpoint(path)
-    if ckpt["config"] != cfg.to_dict():
-        changed = sorted(k for k in cfg.to_dict() if ckpt["config"].get(k) != cfg.to_dict()[k])
+    planned = {"strategy", "freeze_stages", "backbone_lr_ratio"} if cfg.strategy == "auto" else set()
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in planned and ckpt["config"].get(k) != v)
+    if changed:
         raise HeadstartError(
             f"Cannot resume {str(out)!r} with different options {changed}; resume with the options of "
             "the original run (`headstart resume RUN` reads them for you).")

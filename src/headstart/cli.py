@@ -28,7 +28,7 @@ def train(
     data: str = typer.Argument(..., help="Folder with one subfolder per class, or a CSV (path,label)."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run directory to write."),
     backbone: str = typer.Option("timm:tf_efficientnet_lite0", help="Pretrained backbone (see `headstart backbones`)."),
-    strategy: str = typer.Option("two-stage", help="linear-probe | partial | full | two-stage"),
+    strategy: str = typer.Option("two-stage", help="linear-probe | partial | full | two-stage | auto (runs `headstart plan`)"),
     freeze_stages: Optional[int] = typer.Option(None, help="partial: stages kept frozen; two-stage: unfreeze from this stage."),
     epochs: int = typer.Option(8, help="Epochs while the backbone trains."),
     head_epochs: int = typer.Option(40, help="Epochs of head-only training (on cached features)."),
@@ -239,6 +239,41 @@ def rank(
     console = Console()
     console.print(table)
     console.print(recommendation(rows))
+
+
+@app.command()
+def plan(
+    data: str = typer.Argument(..., help="Labelled data: class folders or a CSV (path,label)."),
+    backbone: str = typer.Option("timm:tf_efficientnet_lite0", help="The pretrained backbone to profile."),
+    max_images: int = typer.Option(600, help="Profile on a stratified subsample of at most this many images."),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Per-stage profile and the recommended strategy: features, freeze depth, learning-rate ratio."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .backbones import get_backbone
+    from .data import as_examples
+    from .planning import plan_for_data
+
+    ex = as_examples(data)
+    rows, the_plan = plan_for_data(ex, get_backbone(backbone), max_images=max_images)
+    if as_json:
+        print(json.dumps({"profile": [asdict(r) for r in rows], "plan": the_plan.to_dict()}, indent=2))
+        return
+    table = Table("#", "stage", "channels", "LogME", "linear acc", "domain distance",
+                  title=f"{backbone}: per-stage profile (domain distance: 0 = like natural photos, 2 = unlike)")
+    for r in rows:
+        table.add_row(str(r.index), r.name, str(r.channels), f"{r.logme:.3f}", f"{r.linear_acc:.3f}",
+                      f"{r.domain_distance:.2f}")
+    console = Console()
+    console.print(table)
+    console.print(f"[bold]plan:[/bold] --strategy {the_plan.strategy} --freeze-stages {the_plan.freeze_stages} "
+                  f"--backbone-lr-ratio {the_plan.backbone_lr_ratio}")
+    for reason in the_plan.reasons:
+        console.print(f"  - {reason}")
 
 
 @app.command()

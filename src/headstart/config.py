@@ -7,7 +7,7 @@ from typing import Any
 
 from .errors import HeadstartError, check_choice
 
-STRATEGIES = ("linear-probe", "partial", "full", "two-stage")
+STRATEGIES = ("linear-probe", "partial", "full", "two-stage", "auto")  # auto: measured plan, see planning.py
 PRECISIONS = ("auto", "bf16", "fp32")
 SCHEDULES = ("cosine", "onecycle")
 

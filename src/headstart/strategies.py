@@ -40,6 +40,8 @@ def plan_phases(cfg: TrainConfig, num_stages: int) -> list[Phase]:
             f"freeze_stages={k} but this backbone has only {num_stages} stages "
             f"(0..{num_stages}); run `headstart plan` or `headstart backbones --stages` to see them."
         )
+    if cfg.strategy == "auto":
+        raise HeadstartError("strategy 'auto' must be resolved into a plan first (TransferClassifier.fit does it).")
     if cfg.strategy == "linear-probe":
         return [Phase("head", num_stages, cfg.head_epochs)]
     if cfg.strategy == "partial":

@@ -1,0 +1,210 @@
+"""How much to transfer: a per-stage profile of a backbone on the user's data, and a plan from it.
+
+For every stage the profile pools the stage's output over space and measures
+* how useful it is for the task: LogME and cross-validated linear-probe accuracy on those features;
+* how far the user's images are from natural photos *as seen by that stage*: the proxy A-distance
+  (Ben-David et al., 2007) of a domain classifier separating the user's images from a fixed reference
+  set of natural photographs (scikit-image's sample photos, randomly cropped). We chose a domain
+  classifier over linear CKA because CKA compares two representations of the *same* inputs, while
+  here the question is how different two *sets of inputs* look to the same layer. 0 means the stage
+  cannot tell them apart (its features are general for this data); 2 means perfectly separable.
+
+The planner turns that into a strategy (rules documented in :func:`make_plan`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import transferability as T
+from .errors import HeadstartError
+
+REFERENCE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "brick",
+                    "grass", "gravel", "hubble_deep_field")
+
+
+def reference_images(n: int = 96, seed: int = 0) -> list[np.ndarray]:
+    """``n`` random crops (30-100 % of the side, random flips) of scikit-image's natural sample photos."""
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise HeadstartError("The domain-similarity profile needs scikit-image: pip install 'headstart[select]'.") from exc
+    rng = np.random.default_rng(seed)
+    photos = [getattr(skimage.data, name)() for name in REFERENCE_PHOTOS]
+    crops = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.3, 1.0))
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = img[top:top + side, left:left + side]
+        crops.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return crops
+
+
+@torch.no_grad()
+def stage_features(model, stages, pixels: torch.Tensor, *, precision: str, device, batch_size: int = 64) -> list[np.ndarray]:
+    """Spatially pooled output of every stage, shape (N, C_stage) each, in one pass per batch."""
+    from .prefix import sequential_chain
+    from .runtime import inference_context
+
+    chain = sequential_chain(model.backbone)
+    if chain is None:
+        raise HeadstartError("A layer-wise profile needs a backbone whose forward is a chain of stages "
+                             "(CNNs such as EfficientNet, MobileNet, ResNet).")
+    ends = stage_chain_ends(chain, stages)
+    out: list[list[torch.Tensor]] = [[] for _ in ends]
+    model.eval()
+    with inference_context(precision, device):
+        for i in range(0, len(pixels), batch_size):
+            x = model.normalize(pixels[i:i + batch_size].to(device))
+            for j, (_, m) in enumerate(chain):
+                x = m(x)
+                for s, end in enumerate(ends):
+                    if end == j:
+                        out[s].append((x.float().mean((2, 3)) if x.dim() == 4 else x.float()).cpu())
+    return [torch.cat(o).numpy() for o in out]
+
+
+def stage_chain_ends(chain, stages) -> list[int]:
+    """For each stage, the index of the last chain module holding its parameters."""
+    owner = {}
+    for j, (_, m) in enumerate(chain):
+        for p in m.parameters():
+            owner[id(p)] = j
+    params = {}
+    for j, (name, m) in enumerate(chain):
+        for pname, p in m.named_parameters():
+            params[f"{name}.{pname}"] = p
+    ends = []
+    for st in stages:
+        idx = [owner[id(params[n])] for n in _chain_names(st.param_names, params)]
+        ends.append(max(idx))
+    return ends
+
+
+def _chain_names(names, params):
+    # Stage parameter names are relative to the backbone ("blocks.3.0.conv.weight"), as are chain names.
+    return [n for n in names if n in params]
+
+
+def domain_distance(user: np.ndarray, reference: np.ndarray, seed: int = 0) -> float:
+    """Proxy A-distance 2(1 - 2 err) of a cross-validated logistic-regression domain classifier."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    n = min(len(user), len(reference))
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([user[rng.permutation(len(user))[:n]], reference[:n]])
+    y = np.r_[np.zeros(n), np.ones(n)]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    acc = cross_val_score(clf, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed)).mean()
+    return float(max(0.0, 2.0 * (2.0 * acc - 1.0)))
+
+
+@dataclass
+class StageProfile:
+    index: int
+    name: str
+    channels: int
+    logme: float
+    linear_acc: float
+    domain_distance: float
+
+
+@dataclass
+class Plan:
+    strategy: str
+    freeze_stages: int
+    backbone_lr_ratio: float
+    best_feature_stage: int  # the stage whose pooled features score best (stages above add little)
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def profile(model, stages, pixels, labels, *, precision: str, device, reference_pixels=None, seed: int = 0) -> list[StageProfile]:
+    feats = stage_features(model, stages, pixels, precision=precision, device=device)
+    ref = None
+    if reference_pixels is not None:
+        ref = stage_features(model, stages, reference_pixels, precision=precision, device=device)
+    rows = []
+    for i, (st, f) in enumerate(zip(stages, feats)):
+        f64 = f.astype(np.float64)
+        rows.append(StageProfile(
+            index=i, name=st.name, channels=f.shape[1], logme=T.logme(f64, labels),
+            linear_acc=T.linear_probe_accuracy(f64, labels, seed=seed),
+            domain_distance=domain_distance(f64, ref[i].astype(np.float64), seed) if ref is not None else float("nan")))
+    return rows
+
+
+def make_plan(rows: list[StageProfile], per_class: float) -> Plan:
+    """The rule, from the profile and the number of labels per class.
+
+    1. Best feature stage: the stage with the highest cross-validated linear-probe accuracy (ties to
+       the higher stage). Stages above it do not help a frozen head.
+    2. Freeze depth: stages whose features still look like natural photos (domain distance < 1.0)
+       are general and stay frozen; the first stage where the user's data becomes clearly
+       distinguishable (>= 1.0) is where fine-tuning starts. With fewer than 20 labels per class
+       nothing is unfrozen (linear probe): there is too little data to move pretrained weights.
+       With more than 500 per class one more stage below that point is unfrozen.
+    3. Learning-rate ratio: 0.1 when the data is close to natural photos at the top stage
+       (distance < 1.5), 0.3 when it is far (the pretrained top features need to move further).
+    """
+    n = len(rows)
+    best = max(range(n), key=lambda i: (round(rows[i].linear_acc, 3), i))
+    reasons = [f"stage {best} ({rows[best].name}) gives the best frozen features "
+               f"(linear-probe accuracy {rows[best].linear_acc:.3f})"]
+    if best < n - 1:
+        reasons.append(f"stages above {best} add nothing for a frozen head on this data")
+    distances = [r.domain_distance for r in rows]
+    if per_class < 20:
+        return Plan("linear-probe", n, 0.1, best, reasons + [
+            f"only {per_class:.0f} labels per class: too few to fine-tune pretrained weights; train the head only"])
+    far = [i for i, d in enumerate(distances) if not np.isnan(d) and d >= 1.0]
+    start = far[0] if far else n - 1
+    if per_class > 500:
+        start = max(0, start - 1)
+    top_distance = distances[-1]
+    ratio = 0.3 if (not np.isnan(top_distance) and top_distance >= 1.5) else 0.1
+    reasons.append(
+        f"stages 0..{start - 1} see your images much like natural photos (domain distance < 1.0): keep them frozen"
+        if start > 0 else "even the first stage tells your images from natural photos: fine-tune everything")
+    reasons.append(f"{per_class:.0f} labels per class: fine-tune from stage {start} after training the head")
+    reasons.append(f"top-stage domain distance {top_distance:.2f}: backbone learning rate = {ratio} x head")
+    return Plan("two-stage", start, ratio, best, reasons)
+
+
+def plan_for_data(examples, backbone, *, max_images: int = 600, precision: str = "auto", seed: int = 0):
+    """Profile ``backbone`` on (a stratified subsample of) labelled ``examples`` and plan from it."""
+    from .data import decode_all, stratified_split
+    from .model import TransferModel
+    from .runtime import default_device, resolve_precision
+
+    classes = sorted(set(map(str, examples.labels)))
+    per_class = len(examples) / len(classes)
+    ex = examples
+    if len(ex) > max_images:
+        keep, _ = stratified_split(ex.labels, 1.0 - max_images / len(ex), seed)
+        ex = ex.subset(keep)
+    device = default_device()
+    model = TransferModel(backbone.module, backbone.num_features, 2, backbone.preprocess,
+                          stages=backbone.stages).to(device)
+    decoded = decode_all(ex, backbone.preprocess)
+    labels = np.asarray([str(ex.labels[i]) for i in decoded.index])
+    try:
+        from .data import as_examples
+
+        ref = decode_all(as_examples(reference_images(seed=seed)), backbone.preprocess).pixels
+    except HeadstartError:
+        ref = None  # no scikit-image: plan without the similarity part
+    prec = resolve_precision(precision, device)
+    rows = profile(model, backbone.stages, decoded.pixels, labels, precision=prec, device=device,
+                   reference_pixels=ref, seed=seed)
+    return rows, make_plan(rows, per_class)
