@@ -59,3 +59,44 @@ def test_demo_command_runs_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "linear-probe" in p.stdout and "two-stage" in p.stdout
     assert (tmp_path / "two-stage" / "headstart.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def fashion_folder(tmp_path_factory):
+    from conftest import write_folder
+    from headstart.datasets import FASHION_MNIST_CLASSES, fashion_mnist, per_class_subset
+
+    x, y = fashion_mnist("train")
+    idx = per_class_subset(y, 8, seed=1)[:40]  # 8 images of each of the first 5 classes
+    names = [FASHION_MNIST_CLASSES[i].replace("/", "-") for i in y[idx]]
+    return write_folder(tmp_path_factory.mktemp("fmnist") / "train", x[idx], names)
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "headstart.cli", *map(str, args)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_rank_cli_scores_real_backbones(fashion_folder):
+    import json
+
+    rows = json.loads(_cli("rank", fashion_folder, "--backbones",
+                           "timm:tf_efficientnet_lite0,timm:tf_efficientnet_lite1", "--json"))
+    assert {r["backbone"] for r in rows} == {"timm:tf_efficientnet_lite0", "timm:tf_efficientnet_lite1"}
+    for r in rows:
+        assert r["leep"] < 0 and r["nce"] <= 0 and 0 < r["linear_acc"] <= 1 and r["logme_std"] >= 0
+    assert "Recommended" in _cli("rank", fashion_folder, "--backbones", "timm:tf_efficientnet_lite0")
+
+
+def test_plan_cli_profiles_every_stage(fashion_folder):
+    import json
+
+    out = json.loads(_cli("plan", fashion_folder, "--json"))
+    assert len(out["profile"]) == 8
+    # grayscale clothing on black is far from natural photos at the top of the network
+    assert out["profile"][-1]["domain_distance"] > 1.0
+    assert out["plan"]["strategy"] == "linear-probe"  # 8 labels per class

@@ -121,3 +121,24 @@ def test_resume_with_changed_options_is_refused(folder, tmp_path):
         torch.save({"config": {**clf.config.to_dict(), "lr": 0.5}}, tmp)
     with pytest.raises(HeadstartError, match=r"different options \['lr'\]"):
         clf.fit(x, y, out=run, resume=True)
+
+
+def test_resume_with_different_data_is_refused(tmp_path):
+    import numpy as np
+
+    from headstart import TransferClassifier
+    from headstart.errors import HeadstartError
+    from headstart.storage import atomic_path
+
+    x, y = make_images(6)
+    opts = dict(strategy="two-stage", pretrained=False, epochs=3, head_epochs=2, head_min_steps=0,
+                precision="fp32", val_fraction=0)
+    run = tmp_path / "r"
+    clf = TransferClassifier(TINY, **opts).fit(x, y, out=run)
+    # an interrupted run's checkpoint, recorded for other training images
+    ckpt = {"config": clf.config.to_dict(), "data_sha256": "0" * 64, "phase_index": 1, "epoch": 1,
+            "records": [], "phases": [], "model": clf.model_.state_dict(), "optimizer": None}
+    with atomic_path(run / "checkpoint.pt") as tmp:
+        torch.save(ckpt, tmp)
+    with pytest.raises(HeadstartError, match="training images differ"):
+        TransferClassifier(TINY, **opts).fit(np.flip(x, 0).copy(), y[::-1], out=run, resume=True)

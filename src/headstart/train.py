@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from .backbones.base import Backbone
 from .config import TrainConfig
 from .data.images import augment
-from .features import cached_features
+from .errors import HeadstartError
+from .features import cached_features, pixels_sha256
 from .model import TransferModel
 from .prefix import prefix_outputs, split_for_prefix_cache
 from .storage import atomic_path
@@ -73,6 +74,7 @@ class _Run:
     done_phases: list[dict] = field(default_factory=list)
     model: nn.Module | None = None
     phase_info: dict = field(default_factory=dict)  # one-off costs of the current phase (cache builds)
+    data_sha256: str = ""  # of the decoded training pixels: the feature-cache key of this run's data
 
     def log_epoch(self, rec: dict, total: int) -> None:
         if self.metrics_path is not None and is_main_process():
@@ -93,7 +95,7 @@ class _Run:
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "best_state": best_state, "best_score": list(best_score) if best_score else None,
-            "bad_epochs": bad_epochs, "config": self.cfg.to_dict(),
+            "bad_epochs": bad_epochs, "config": self.cfg.to_dict(), "data_sha256": self.data_sha256,
             # Training draws randomness only from torch: the global RNG and our own generators.
             "rng": {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in generators]},
         }
@@ -123,7 +125,13 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
     model.train_bn = cfg.train_bn
     phases = plan_phases(cfg, len(backbone.stages))
     first = 0
+    if checkpoint_path is not None:
+        run.data_sha256 = pixels_sha256(data.x_train)
     if resume is not None:
+        if resume.get("data_sha256") and resume["data_sha256"] != run.data_sha256:
+            raise HeadstartError(
+                "Cannot resume: the training images differ from those of the interrupted run (their hash "
+                "changed). Resume with the same data, or start a new run without --resume.")
         model.load_state_dict(resume["model"])
         first = resume["phase_index"]
         run.done_records = [r for r in resume["records"] if r.get("phase_index", 0) < first]
