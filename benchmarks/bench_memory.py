@@ -98,8 +98,8 @@ def main():
     B.table(["N", "seconds", "images/s", "RSS after load", "peak RSS", "peak growth", "end anon",
              "end file-backed", "features file"], rows)
     print("peak growth = ru_maxrss - RSS after model load. end anon / file-backed = RssAnon / RssFile after "
-          "extract_to_disk returned. Feature pages written through the memory map count as file-backed RSS "
-          "until it unmaps them at the end, so they show in the peak (up to the features file size), not at the end")
+          "extract_to_disk returned (features are appended to the .npy with plain writes, so they never count "
+          "as resident; the returned read-only memmap counts only the pages a caller touches)")
     first, last = results[0], results[-1]
     ratio = (last["peak"] - last["after_load"]) / max(first["peak"] - first["after_load"], 1e-9)
     print(f"peak growth at N={last['n']} / peak growth at N={first['n']} (flat = 1.0):")
