@@ -48,12 +48,17 @@ def compute_features(model, pixels: torch.Tensor, *, precision: str, device: tor
 
 def cached_features(model, pixels: torch.Tensor, *, preprocess: PreprocessConfig, precision: str,
                     device: torch.device, layer: str = "pooled", batch_size: int = 64,
-                    use_cache: bool = True) -> tuple[torch.Tensor, bool]:
-    """Features of ``pixels``, from the on-disk cache when the key matches. Returns (features, hit)."""
+                    use_cache: bool = True, weights_sha256: str | None = None,
+                    data_sha256: str | None = None) -> tuple[torch.Tensor, bool]:
+    """Features of ``pixels``, from the on-disk cache when the key matches. Returns (features, hit).
+
+    Callers that already hold the backbone's or the pixels' hash pass it, so nothing is hashed twice.
+    """
     if not use_cache:
         return compute_features(model, pixels, precision=precision, device=device, batch_size=batch_size), False
-    key = feature_key(weights_sha256=tensors_sha256(model.backbone.state_dict()), preprocess=preprocess,
-                      layer=layer, precision=precision, data_sha256=pixels_sha256(pixels))
+    key = feature_key(weights_sha256=weights_sha256 or tensors_sha256(model.backbone.state_dict()),
+                      preprocess=preprocess, layer=layer, precision=precision,
+                      data_sha256=data_sha256 or pixels_sha256(pixels))
     path = cache_dir("features") / f"{key}.npy"
     if path.is_file():
         try:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .backbones.base import Backbone
+from .backbones.base import Backbone, tensors_sha256
 from .config import TrainConfig
 from .data.images import augment
 from .errors import HeadstartError
@@ -170,10 +170,14 @@ def _fit_head_on_features(model, backbone, data, cfg, phase, run: _Run):
     device = next(model.parameters()).device
     t0 = time.perf_counter()
     feats = {}
+    weights = tensors_sha256(model.backbone.state_dict()) if cfg.use_feature_cache else None  # once, not per split
     for split, x in (("train", data.x_train), ("val", data.x_val)):
         if x is not None and len(x):
-            feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=run.inference_precision,
-                                              device=device, use_cache=cfg.use_feature_cache)
+            known = run.data_sha256 if split == "train" else None  # already hashed for the checkpoint
+            feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess,
+                                              precision=run.inference_precision, device=device,
+                                              use_cache=cfg.use_feature_cache, weights_sha256=weights,
+                                              data_sha256=known or None)
     run.phase_info["features_seconds"] = round(time.perf_counter() - t0, 2)
     val = (feats["val"], data.y_val) if "val" in feats else None
     # Head-only epochs are cheap: a larger batch, and enough epochs for the head to converge.
