@@ -1,0 +1,1 @@
+"""Text classification: loading texts and labels from files, DataFrames and Hugging Face datasets."""
