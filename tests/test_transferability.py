@@ -105,7 +105,8 @@ def test_plan_rules():
     rows = [StageProfile(i, f"s{i}", 8, 0.0, acc, dist) for i, (acc, dist) in
             enumerate([(0.5, 0.1), (0.6, 0.4), (0.8, 1.2), (0.85, 1.8), (0.84, 1.9)])]
     few = make_plan(rows, per_class=10)
-    assert (few.strategy, few.freeze_stages) == ("linear-probe", 5)
+    # stage 3 beats the top stage, which is cut off (truncation): the 4 kept stages stay frozen
+    assert (few.strategy, few.freeze_stages, few.cut_stage) == ("linear-probe", 4, 3)
     mid = make_plan(rows, per_class=100)
     assert (mid.strategy, mid.freeze_stages, mid.backbone_lr_ratio, mid.best_feature_stage) == ("two-stage", 2, 0.3, 3)
     assert any("stages above 3 add nothing" in r for r in mid.reasons)

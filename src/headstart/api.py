@@ -83,10 +83,13 @@ class TransferClassifier:
             from .planning import plan_for_data
 
             self.profile_, self.plan_ = plan_for_data(train_ex, backbone, precision=cfg.precision, seed=cfg.seed)
-            cfg = cfg.replace(strategy=self.plan_.strategy, freeze_stages=self.plan_.freeze_stages,
-                              backbone_lr_ratio=self.plan_.backbone_lr_ratio)
+            cfg = cfg.replace(**self.plan_.config_changes(cfg))
             for reason in self.plan_.reasons:
                 log.info("plan: %s", reason)
+        if cfg.cut_stage is not None:  # drop the stages above the cut (truncate.py)
+            from .truncate import truncate_backbone
+
+            backbone = truncate_backbone(backbone, cfg.cut_stage)
         self.model_ = TransferModel(backbone.module, backbone.num_features, len(self.classes_),
                                     backbone.preprocess, stages=backbone.stages, dropout=cfg.dropout)
         self.model_.to(default_device())
@@ -111,12 +114,17 @@ class TransferClassifier:
             if ckpt is None:
                 metrics_path.unlink(missing_ok=True)
         self.fitted_config_ = cfg
+        from .baselines import Baselines
+
+        baselines = Baselines(self.model_, backbone, cfg) if cfg.baselines and is_main_process() else None
         self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress,
                             checkpoint_path=checkpoint_path, resume=ckpt)
         self.data_info_ = {"origin": train_ex.origin, "n_train": len(data.x_train),
                            "n_val": 0 if data.x_val is None else len(data.x_val),
                            "n_skipped": len(self.skipped_), "skipped": self.skipped_[:50]}
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
+        if baselines is not None:  # linear probe and from-scratch model on the same split (baselines.py)
+            self.baselines_ = baselines.run(self, data)
         if out is not None and is_main_process():  # one writer when several processes train
             self.save(out)
             checkpoint_path.unlink(missing_ok=True)  # the finished run supersedes it
@@ -186,6 +194,7 @@ class TransferClassifier:
                         "seconds": self.history_.seconds} if hasattr(self, "history_") else None,
             "metrics": self.final_metrics_() if hasattr(self, "history_") else None,
             "data": getattr(self, "data_info_", None),
+            "baselines": getattr(self, "baselines_", None),
         }
         return save_run(directory, self.model_, meta)
 
@@ -224,7 +233,8 @@ def _load_resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:
                                                      "no checkpoint.pt (the run never finished an epoch).")
             + " Start it again without --resume.")
     ckpt = load_checkpoint(path)
-    planned = {"strategy", "freeze_stages", "backbone_lr_ratio"} if cfg.strategy == "auto" else set()
+    planned = {"strategy", "freeze_stages", "backbone_lr_ratio", "cut_stage"} if cfg.strategy == "auto" else set()
+    planned |= {"baselines", "baseline_seconds"}  # run after training: they never change its course
     changed = sorted(k for k, v in cfg.to_dict().items() if k not in planned and ckpt["config"].get(k) != v)
     if changed:
         raise HeadstartError(
@@ -250,6 +260,10 @@ def load(directory: str | Path) -> TransferClassifier:
     module = empty_timm(info["architecture"])
     preprocess = PreprocessConfig.from_dict(meta["preprocess"])
     stages: list[Stage] = timm_stages(module)
+    if meta["config"].get("cut_stage") is not None:  # a truncated run: rebuild the same cut
+        from .truncate import truncate_module
+
+        module, stages, _ = truncate_module(module, stages, meta["config"]["cut_stage"])
     model = TransferModel(module, info["num_features"], len(meta["classes"]), preprocess, stages=stages,
                           dropout=meta["config"].get("dropout", 0.0))
     missing, unexpected = model.load_state_dict(state, strict=False)

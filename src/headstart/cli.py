@@ -48,6 +48,12 @@ def train(
     pretrained: bool = typer.Option(True, "--pretrained/--random-init", help="Start from pretrained weights (default) or from scratch."),
     allow_unsafe_pickle: bool = typer.Option(False, "--allow-unsafe-pickle",
                                              help="Let file: backbones unpickle arbitrary objects. Only for files you trust."),
+    cut_stage: Optional[int] = typer.Option(None, help="Keep backbone stages 0..K, drop the ones above "
+                                            "(see `headstart plan`; --strategy auto sets it)."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines",
+                                   help="Compare with a linear probe and a from-scratch model trained for the same time."),
+    baseline_seconds: Optional[float] = typer.Option(None, help="Time budget of the from-scratch model "
+                                                     "(default: the transfer model's training time)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     resume: bool = typer.Option(False, "--resume", help="Continue this --out run from its last checkpoint."),
 ):
@@ -79,8 +85,9 @@ def _run_train(args: dict, resume: bool) -> None:
     from .storage import check_writable, write_json
 
     names = ("strategy", "freeze_stages", "epochs", "head_epochs", "head_min_steps", "batch_size", "lr", "backbone_lr_ratio",
-             "layer_decay", "val_fraction", "augment", "precision", "seed", "strict")
-    cfg = TrainConfig(**{k: args[k] for k in names})
+             "layer_decay", "val_fraction", "augment", "precision", "seed", "strict", "cut_stage", "baselines",
+             "baseline_seconds")
+    cfg = TrainConfig(**{k: args[k] for k in names if k in args})  # train_args.json of older runs lack some
     out = Path(args["out"])
     console = _console()
     clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"],
@@ -108,6 +115,24 @@ def _print_fit_summary(console, clf, out) -> None:
         console.print(f"[yellow]skipped {skipped} unreadable image(s):[/yellow]")
         for name, why in clf.data_info_["skipped"][:10]:
             console.print(f"  {name}: {why}")
+    _print_baselines(console, getattr(clf, "baselines_", None))
+
+
+def _print_baselines(console, rep) -> None:
+    if not rep:
+        return
+    if "skipped" in rep:
+        console.print(f"baselines: {rep['skipped']}")
+        return
+    lp, sc = rep["linear_probe"], rep["scratch"]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    console.print(f"validation accuracy: transfer {fmt(rep['transfer']['val_acc'])} | linear probe {fmt(lp['val_acc'])} "
+                  f"| from scratch {fmt(sc['val_acc'])} ({sc['epochs']} epochs, {sc['seconds']:.0f}s at "
+                  f"{sc['input_size']}px) on {rep['n_val']} images")
+    if rep["compute_saved"].get("summary"):
+        console.print(f"compute saved: {rep['compute_saved']['summary']}", highlight=False)
+    for w in rep["warnings"]:
+        console.print(f"[bold red]WARNING:[/bold red] {w}", highlight=False)
 
 
 @app.command()
@@ -195,12 +220,16 @@ def backbones(
     if stages:
         from .backbones import get_backbone
 
+        from .truncate import stage_summary
+
         bb = get_backbone(stages)
-        t = Table("#", "stage", "params", title=f"{bb.spec}: {bb.num_features} features, input {bb.preprocess.input_size}px")
-        params = dict(bb.module.named_parameters())
-        for i, s in enumerate(bb.stages):
-            t.add_row(str(i), s.name, f"{sum(params[n].numel() for n in s.param_names):,}")
+        t = Table("#", "stage", "params", "output channels", "backbone params with --cut-stage #",
+                  title=f"{bb.spec}: {bb.num_features} features, input {bb.preprocess.input_size}px")
+        for r in stage_summary(bb.module, bb.stages):
+            t.add_row(str(r["index"]), r["name"], f"{r['params']:,}", str(r["channels"] or "-"), f"{r['params_if_cut']:,}")
         console.print(t)
+        console.print("--freeze-stages K freezes stages 0..K-1; --cut-stage K keeps stages 0..K and drops the rest "
+                      "(features = that stage's pooled output channels).")
         return
     from .backbones import list_backbones
 
@@ -263,15 +292,21 @@ def plan(
     if as_json:
         print(json.dumps({"profile": [asdict(r) for r in rows], "plan": the_plan.to_dict()}, indent=2))
         return
-    table = Table("#", "stage", "channels", "LogME", "linear acc", "domain distance",
+    table = Table("#", "stage", "channels", "LogME", "linear acc", "domain distance", "plan",
                   title=f"{backbone}: per-stage profile (domain distance: 0 = like natural photos, 2 = unlike)")
+    cut = the_plan.cut_stage
     for r in rows:
+        role = ("dropped" if cut is not None and r.index > cut else
+                "frozen" if r.index < the_plan.freeze_stages else "fine-tuned")
+        if r.index == cut:
+            role += ", cut here"
         table.add_row(str(r.index), r.name, str(r.channels), f"{r.logme:.3f}", f"{r.linear_acc:.3f}",
-                      f"{r.domain_distance:.2f}")
+                      f"{r.domain_distance:.2f}", role)
     console = Console()
     console.print(table)
+    cut = "" if the_plan.cut_stage is None else f" --cut-stage {the_plan.cut_stage}"
     console.print(f"[bold]plan:[/bold] --strategy {the_plan.strategy} --freeze-stages {the_plan.freeze_stages} "
-                  f"--backbone-lr-ratio {the_plan.backbone_lr_ratio}")
+                  f"--backbone-lr-ratio {the_plan.backbone_lr_ratio}{cut}")
     for reason in the_plan.reasons:
         console.print(f"  - {reason}")
 

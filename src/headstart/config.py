@@ -48,6 +48,14 @@ class TrainConfig:
     precision: str = field(default="auto", metadata={"help": f"one of {PRECISIONS}; auto = bf16 where the CPU/GPU supports it"})
     strict: bool = field(default=False, metadata={"help": "fail on the first unreadable image instead of skipping it"})
     use_feature_cache: bool = True
+    cut_stage: int | None = field(default=None, metadata={
+        "help": "keep backbone stages 0..K and drop the ones above (their pooled features did not help; "
+                "see `headstart plan`); None keeps every stage. strategy 'auto' sets it from the plan."})
+    baselines: bool = field(default=True, metadata={
+        "help": "after the fit, compare with a linear probe and a small from-scratch model trained for the "
+                "same wall time on the same split, and warn when transfer did not help (baselines.py)"})
+    baseline_seconds: float | None = field(default=None, metadata={
+        "help": "wall-time budget of the from-scratch model; None = the transfer model's training time"})
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
@@ -63,6 +71,10 @@ class TrainConfig:
             raise HeadstartError(f"layer_decay must be in (0, 1]; got {self.layer_decay}.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise HeadstartError(f"val_fraction must be in [0, 1); got {self.val_fraction}.")
+        if self.cut_stage is not None and self.cut_stage < 0:
+            raise HeadstartError(f"cut_stage must be >= 0; got {self.cut_stage}.")
+        if self.baseline_seconds is not None and self.baseline_seconds <= 0:
+            raise HeadstartError(f"baseline_seconds must be > 0; got {self.baseline_seconds}.")
         if self.freeze_stages is not None and self.freeze_stages < 0:
             raise HeadstartError(f"freeze_stages must be >= 0; got {self.freeze_stages}.")
         if self.strategy == "partial" and self.freeze_stages is None:

@@ -27,6 +27,7 @@ def _locate(path: Path) -> tuple[Path, dict]:
                 "architecture": meta["backbone"]["architecture"],
                 "preprocess": meta["preprocess"],
                 "prefix": "backbone.",
+                "cut_stage": meta.get("config", {}).get("cut_stage"),  # a truncated run stays truncated
             }
         weights, config = path / "model.safetensors", path / "config.json"
     else:
@@ -61,6 +62,11 @@ def build_file(spec_path: str, *, allow_unsafe_pickle: bool = False) -> Backbone
         model = timm.create_model(arch, pretrained=False, num_classes=cfg.get("num_classes", 0))
     except RuntimeError as exc:
         raise BackboneError(f"{arch!r} in {str(weights)!r}'s config is not a timm architecture.") from exc
+    if cfg.get("cut_stage") is not None:
+        from ..truncate import truncate_module
+        from .base import timm_stages
+
+        model, _, _ = truncate_module(model, timm_stages(model), int(cfg["cut_stage"]))
     state = load_weights(weights, allow_unsafe_pickle=allow_unsafe_pickle)
     prefix = cfg.get("prefix", "")
     if prefix:

@@ -1,0 +1,120 @@
+"""Cutting a backbone after a stage: architecture, saved runs, and the planner's cut rule."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, make_images
+from headstart import TransferClassifier, load
+from headstart.errors import HeadstartError
+
+
+def _tiny():
+    from headstart.backbones import get_backbone
+
+    return get_backbone(TINY, pretrained=False)
+
+
+def test_truncation_drops_the_stages_above_the_cut():
+    from headstart.truncate import truncate_backbone
+
+    bb = _tiny()
+    full_params, full_features, n = bb.num_params, bb.num_features, len(bb.stages)
+    cut = truncate_backbone(bb, 3)  # keep stem, blocks.0, blocks.1, blocks.2
+    assert [s.name for s in cut.stages] == ["conv_stem+bn1", "blocks.0", "blocks.1", "blocks.2"]
+    assert cut.num_features == cut.module.num_features == 32 != full_features
+    assert cut.num_params < full_params
+    names = [k for k, _ in cut.module.named_parameters()]
+    assert not any(k.startswith(("conv_head", "bn2", "blocks.3", "blocks.4")) for k in names)
+    assert len(cut.module.blocks) == 3
+    assert cut.module(torch.randn(2, 3, 64, 64)).shape == (2, 32)
+    assert any("cut after stage 3" in note for note in cut.notes)
+    # the top stage, or no cut, leaves the backbone alone; a stage that does not exist is refused
+    bb2 = _tiny()
+    assert truncate_backbone(bb2, n - 1) is bb2 and truncate_backbone(bb2, None) is bb2
+    with pytest.raises(HeadstartError, match="cut_stage=9"):
+        truncate_backbone(_tiny(), 9)
+
+
+def test_truncated_output_is_the_pooled_output_the_profile_measured():
+    from headstart.model import TransferModel
+    from headstart.planning import stage_features
+    from headstart.truncate import truncate_backbone
+
+    bb = _tiny()
+    px = torch.randint(0, 256, (4, 3, 96, 96), dtype=torch.uint8)
+    model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages)
+    per_stage = stage_features(model, bb.stages, px, precision="fp32", device=torch.device("cpu"))
+    cut = truncate_backbone(bb, 2)
+    with torch.no_grad():
+        got = TransferModel(cut.module, cut.num_features, 2, cut.preprocess, stages=cut.stages).eval().features(px)
+    np.testing.assert_allclose(got.numpy(), per_stage[2], rtol=1e-4, atol=1e-5)
+
+
+def test_truncated_run_reloads_with_identical_predictions(tmp_path, tiny_data):
+    x, y = tiny_data
+    clf = TransferClassifier(TINY, strategy="two-stage", pretrained=False, epochs=1, head_epochs=2, head_min_steps=0,
+                             batch_size=8, precision="fp32", cut_stage=2, baselines=False)
+    clf.fit(x, y, out=tmp_path / "run")
+    assert clf.model_.head[-1].in_features == 24
+    meta = json.loads((tmp_path / "run" / "headstart.json").read_text())
+    assert meta["config"]["cut_stage"] == 2
+    assert meta["backbone"]["num_features"] == 24 and meta["backbone"]["stages"][-1] == "blocks.1"
+    again = load(tmp_path / "run")
+    np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
+    # transfer again from the truncated run: it stays truncated
+    from headstart.backbones import get_backbone
+
+    bb = get_backbone(f"file:{tmp_path / 'run'}")
+    assert bb.num_features == 24 and len(bb.stages) == 3
+
+
+def test_cut_rule():
+    from headstart.planning import StageProfile, choose_cut, make_plan
+
+    def rows(accs, dists=None):
+        dists = dists or [1.2] * len(accs)
+        return [StageProfile(i, f"s{i}", 8 * (i + 1), 0.0, a, d) for i, (a, d) in enumerate(zip(accs, dists))]
+
+    # the top stage is measurably worse than stage 3 (by more than one standard error, 0.015): cut there
+    assert choose_cut(rows([0.5, 0.6, 0.8, 0.88, 0.84]), n_images=600) == 3
+    # stage 2 is as good within one standard error of the best: the smallest network that is as good
+    assert choose_cut(rows([0.5, 0.6, 0.87, 0.88, 0.84]), n_images=600) == 2
+    # ... but not when it is further than that from the best
+    assert choose_cut(rows([0.5, 0.6, 0.86, 0.88, 0.84]), n_images=600) == 3
+    # a middle stage ahead of the top by less than the noise (Fashion-MNIST's 0.822 vs 0.815): no cut
+    assert choose_cut(rows([0.5, 0.6, 0.8, 0.822, 0.815]), n_images=600) is None
+    # every stage adds accuracy: keep them all
+    assert choose_cut(rows([0.5, 0.6, 0.8, 0.85, 0.9]), n_images=600) is None
+    plan = make_plan(rows([0.5, 0.6, 0.8, 0.88, 0.84], [0.1, 0.4, 1.2, 1.8, 1.9]), per_class=100, n_images=600)
+    assert plan.cut_stage == 3 and plan.freeze_stages == 2 and any("cut after stage 3" in r for r in plan.reasons)
+    few = make_plan(rows([0.5, 0.6, 0.8, 0.88, 0.84]), per_class=10, n_images=600)
+    assert (few.strategy, few.freeze_stages, few.cut_stage) == ("linear-probe", 4, 3)  # every kept stage frozen
+    # fine-tuning would start above the cut: the top kept stage is fine-tuned
+    late = make_plan(rows([0.5, 0.6, 0.8, 0.88, 0.84], [0.1, 0.2, 0.3, 0.4, 1.9]), per_class=100, n_images=600)
+    assert (late.cut_stage, late.freeze_stages) == (3, 3)
+
+
+def test_auto_cuts_where_the_profile_says(tmp_path, monkeypatch):
+    """A profile whose middle stage beats the top: auto trains, saves and reloads the truncated network."""
+    import headstart.planning as planning
+
+    real = planning.profile
+
+    def profile_with_a_better_middle(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        for r, acc in zip(rows, [0.5, 0.6, 0.9, 0.8, 0.7, 0.7]):
+            r.linear_acc = acc
+        return rows
+
+    monkeypatch.setattr(planning, "profile", profile_with_a_better_middle)
+    x, y = make_images(n_per_class=12)
+    clf = TransferClassifier(TINY, strategy="auto", pretrained=False, epochs=1, head_epochs=2, head_min_steps=0,
+                             precision="fp32", baselines=False)
+    clf.fit(x, y, out=tmp_path / "run")
+    assert clf.plan_.cut_stage == 2 and clf.fitted_config_.cut_stage == 2
+    assert clf.model_.head[-1].in_features == 24  # blocks.1 has 24 channels
+    meta = json.loads((tmp_path / "run" / "headstart.json").read_text())
+    assert meta["plan"]["cut_stage"] == meta["config"]["cut_stage"] == 2
+    np.testing.assert_array_equal(load(tmp_path / "run").predict_proba(x), clf.predict_proba(x))
