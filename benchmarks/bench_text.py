@@ -95,10 +95,10 @@ def main(argv=None) -> None:
     ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "text.json")
     args = ap.parse_args(argv)
     results = []
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     for name in args.datasets.split(","):
         results += run_dataset(name.strip(), args.per_class, args.seed, args.out)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps(results, indent=2))  # after each dataset: a long run keeps its results
     gains = []
     for name in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == name]

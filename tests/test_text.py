@@ -365,3 +365,60 @@ def test_sms_spam_minilm_linear_probe_beats_chance_by_far(tmp_path):
     report = clf.evaluate(ex.subset(test))
     assert report["accuracy"] > 0.85 and report["macro_f1"] > 0.75
     assert json.loads((tmp_path / "r" / "headstart.json").read_text())["baselines"]["tfidf_logreg"]["val_acc"] > 0.5
+
+
+def test_interrupted_text_run_resumes_to_the_unbroken_weights(tiny_bert, tmp_path):
+    from headstart.text import TextClassifier
+
+    texts, labels = corpus()
+    opts = dict(strategy="two-stage", epochs=3, head_epochs=2, head_min_steps=0, batch_size=8, precision="fp32",
+                seed=3, baselines=False)
+    ref = TextClassifier(f"hf:{tiny_bert}", **opts).fit(texts, labels, out=tmp_path / "ref")
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_finetune(rec, total):
+        if rec["phase"] == "finetune" and rec["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        TextClassifier(f"hf:{tiny_bert}", **opts).fit(texts, labels, out=tmp_path / "run", progress=stop_in_finetune)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    done = TextClassifier(f"hf:{tiny_bert}", **opts).fit(texts, labels, out=tmp_path / "run", resume=True)
+    a, b = ref.model_.state_dict(), done.model_.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from headstart.errors import HeadstartError
+
+    with pytest.raises(Stop):
+        TextClassifier(f"hf:{tiny_bert}", **opts).fit(texts, labels, out=tmp_path / "run2", progress=stop_in_finetune)
+    with pytest.raises(HeadstartError, match="differ"):  # other texts: refused, never silently mixed
+        TextClassifier(f"hf:{tiny_bert}", **opts).fit(texts[:-2], labels[:-2], out=tmp_path / "run2", resume=True)
+
+
+def test_rank_text_backbones_and_list_them(glove_txt, tiny_bert, tmp_path):
+    import pandas as pd
+
+    from headstart.selection import rank
+
+    texts, labels = corpus()
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "d.csv", index=False)
+    rows = rank(str(tmp_path / "d.csv"), [f"vectors:{glove_txt}", f"hf:{tiny_bert}"], bootstrap_rounds=3)
+    assert {r["backbone"] for r in rows} == {f"vectors:{glove_txt}", f"hf:{tiny_bert}"}
+    assert rows[0]["logme"] >= rows[1]["logme"] and "leep" not in rows[0]  # no source head for text
+    # The planted sentiment axis of the toy vectors separates the classes: they rank first.
+    assert rows[0]["backbone"] == f"vectors:{glove_txt}" and rows[0]["linear_acc"] == 1.0
+    r = subprocess.run([sys.executable, "-m", "headstart.cli", "backbones"], capture_output=True, text=True,
+                       env={**__import__("os").environ, "COLUMNS": "200"})
+    assert "hf:all-minilm-l6-v2" in r.stdout and "vectors:glove-6b-50d" in r.stdout
+
+
+def test_unreachable_hub_model_error_names_the_offline_ways(monkeypatch):
+    from headstart.backbones import get_backbone
+    from headstart.errors import BackboneError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneError, match="local directory"):
+        get_backbone("hf:nobody-here/no-such-model-xyz")
+    with pytest.raises(BackboneError, match="not a model directory"):
+        get_backbone("hf:./missing/dir")

@@ -30,7 +30,18 @@ class TransferClassifier:
 
     >>> clf = TransferClassifier("timm:tf_efficientnet_lite0", strategy="two-stage").fit("data/train")
     >>> clf.predict(["a.jpg"]); clf.score("data/test"); clf.save("runs/x")
+
+    A text backbone (``hf:...`` or ``vectors:...``) gives a :class:`headstart.text.TextClassifier`.
     """
+
+    def __new__(cls, backbone: str = DEFAULT_BACKBONE, *args, **kwargs):
+        from .backbones import is_text_spec
+
+        if cls is TransferClassifier and is_text_spec(backbone):
+            from .text.classifier import TextClassifier
+
+            return super().__new__(TextClassifier)
+        return super().__new__(cls)
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, strategy: str = "two-stage", *,
                  config: TrainConfig | None = None, pretrained: bool = True, verbose: bool = False,
@@ -256,6 +267,10 @@ def load(directory: str | Path) -> TransferClassifier:
     from .backbones.timm_source import empty_timm
 
     meta, state = read_run(directory)
+    if meta.get("modality") == "text":
+        from .text.classifier import load_text_run
+
+        return load_text_run(directory, meta, state)
     info = meta["backbone"]
     module = empty_timm(info["architecture"])
     preprocess = PreprocessConfig.from_dict(meta["preprocess"])

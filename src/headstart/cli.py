@@ -25,7 +25,8 @@ def _console(stderr: bool = True):
 
 @app.command()
 def train(
-    data: str = typer.Argument(..., help="Folder with one subfolder per class, or a CSV (path,label)."),
+    data: str = typer.Argument(..., help="Images: a folder with one subfolder per class, or a CSV (path,label). "
+                               "Texts (hf:/vectors: backbones): a CSV, TSV, JSONL, JSON or Parquet file."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run directory to write."),
     backbone: str = typer.Option("timm:tf_efficientnet_lite0", help="Pretrained backbone (see `headstart backbones`)."),
     strategy: str = typer.Option("two-stage", help="linear-probe | partial | full | two-stage | auto (runs `headstart plan`)"),
@@ -44,7 +45,13 @@ def train(
     seed: int = typer.Option(0),
     strict: bool = typer.Option(False, help="Fail on unreadable images instead of skipping them."),
     path_column: str = typer.Option("path", help="CSV column with image paths."),
-    label_column: str = typer.Option("label", help="CSV column with labels."),
+    label_column: Optional[str] = typer.Option(None, help="Column with labels (default: label; for text also "
+                                               "labels, target or class)."),
+    text_column: Optional[str] = typer.Option(None, help="Text data: column with the texts (default: text, or "
+                                              "the only text column)."),
+    pooling: Optional[str] = typer.Option(None, help="Text backbones: mean | cls | max (hf:), mean | tfidf "
+                                          "(vectors:); default: the model's own configuration, else mean."),
+    max_length: Optional[int] = typer.Option(None, help="Text backbones: tokens per text (default: the model's own)."),
     pretrained: bool = typer.Option(True, "--pretrained/--random-init", help="Start from pretrained weights (default) or from scratch."),
     allow_unsafe_pickle: bool = typer.Option(False, "--allow-unsafe-pickle",
                                              help="Let file: backbones unpickle arbitrary objects. Only for files you trust."),
@@ -90,11 +97,21 @@ def _run_train(args: dict, resume: bool) -> None:
     cfg = TrainConfig(**{k: args[k] for k in names if k in args})  # train_args.json of older runs lack some
     out = Path(args["out"])
     console = _console()
-    clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"],
-                             allow_unsafe_pickle=args.get("allow_unsafe_pickle", False))
-    cols = dict(path_column=args["path_column"], label_column=args["label_column"])
-    x = as_examples(args["data"], **cols)
-    validation = as_examples(args["val"], **cols) if args["val"] else None
+    from .backbones import is_text_spec
+
+    if is_text_spec(args["backbone"]):
+        from .text import TextClassifier
+
+        clf = TextClassifier(args["backbone"], strategy=cfg.strategy, config=cfg,
+                             text_column=args.get("text_column"), label_column=args.get("label_column"),
+                             pooling=args.get("pooling"), max_length=args.get("max_length"))
+        x, validation = args["data"], args["val"]  # the text loader reads (and checks) them in fit
+    else:
+        clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"],
+                                 allow_unsafe_pickle=args.get("allow_unsafe_pickle", False))
+        cols = dict(path_column=args["path_column"], label_column=args.get("label_column") or "label")
+        x = as_examples(args["data"], **cols)
+        validation = as_examples(args["val"], **cols) if args["val"] else None
     check_writable(out)
     if not resume:
         write_json(out / TRAIN_ARGS, {k: v for k, v in args.items() if k not in ("quiet", "resume")})
@@ -106,13 +123,14 @@ def _run_train(args: dict, resume: bool) -> None:
 def _print_fit_summary(console, clf, out) -> None:
     m = clf.final_metrics_()
     skipped = clf.data_info_["n_skipped"]
-    console.print(f"[green]saved[/green] {out}  ({clf.data_info_['n_train']} train / {clf.data_info_['n_val']} val images, "
+    kind = "texts" if getattr(clf, "tokenizer_", None) is not None else "images"
+    console.print(f"[green]saved[/green] {out}  ({clf.data_info_['n_train']} train / {clf.data_info_['n_val']} val {kind}, "
                   f"{len(clf.classes_)} classes, {clf.fit_seconds_:.1f}s, "
                   f"{clf.history_.precision} training / {clf.history_.inference_precision} inference)")
     if "val_acc" in m:
         console.print(f"best validation accuracy {m['val_acc']:.4f} ({m['phase']} epoch {m['epoch']})")
     if skipped:
-        console.print(f"[yellow]skipped {skipped} unreadable image(s):[/yellow]")
+        console.print(f"[yellow]skipped {skipped} unusable {kind[:-1]}(s):[/yellow]")
         for name, why in clf.data_info_["skipped"][:10]:
             console.print(f"  {name}: {why}")
     _print_baselines(console, getattr(clf, "baselines_", None))
@@ -123,6 +141,14 @@ def _print_baselines(console, rep) -> None:
         return
     if "skipped" in rep:
         console.print(f"baselines: {rep['skipped']}")
+        return
+    if "tfidf_logreg" in rep:  # a text run: the no-pretraining baseline is TF-IDF + logistic regression
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        console.print(f"validation accuracy: transfer {fmt(rep['transfer']['val_acc'])} | linear probe "
+                      f"{fmt(rep['linear_probe']['val_acc'])} | TF-IDF + logistic regression "
+                      f"{fmt(rep['tfidf_logreg']['val_acc'])} on {rep['n_val']} texts")
+        for w in rep["warnings"]:
+            console.print(f"[bold red]WARNING:[/bold red] {w}", highlight=False)
         return
     lp, sc = rep["linear_probe"], rep["scratch"]
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
@@ -138,40 +164,103 @@ def _print_baselines(console, rep) -> None:
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run directory written by `headstart train`."),
-    inputs: List[str] = typer.Argument(..., help="Image files (or a folder of images)."),
+    inputs: Optional[List[str]] = typer.Argument(None, help="Image files or folders; for a text run, the texts."),
+    input_file: Optional[str] = typer.Option(None, "--input", help="A file of inputs: for a text run a CSV, TSV, "
+                                             "JSONL, JSON, Parquet or TXT file; for images a folder or a CSV of paths."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the predictions to this .csv or .jsonl "
+                                          "file instead of printing JSON lines."),
+    text_column: Optional[str] = typer.Option(None, help="Column with the texts in --input (default: the training one)."),
+    path_column: str = typer.Option("path", help="CSV column with image paths in --input."),
     top: int = typer.Option(0, help="Only the top-N class probabilities (0 = all)."),
 ):
-    """Print one JSON line per input: path, label, class probabilities."""
+    """One prediction per input (label and class probabilities), as JSON lines or into --output."""
     from .api import load
-    from .data import Examples
-    from .data.sources import IMAGE_SUFFIXES
+    from .errors import DataError
 
+    if not inputs and not input_file:
+        raise DataError("Nothing to predict: pass inputs after the run directory, or --input FILE.")
     clf = load(run)
+    if getattr(clf, "tokenizer_", None) is not None:
+        rows, failed = _predict_texts(clf, inputs, input_file, text_column)
+    else:
+        rows, failed = _predict_images(clf, inputs, input_file, path_column)
+    for r in rows:
+        if "probabilities" in r and top:
+            r["probabilities"] = dict(sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:top])
+    _write_predictions(rows, output)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _predict_texts(clf, inputs, input_file, text_column) -> tuple[list[dict], int]:
+    from .text import load_texts
+
+    sources = ([load_texts(input_file, text_column=text_column or clf.text_column, label_column=False)]
+               if input_file else []) + ([load_texts(list(inputs), label_column=False)] if inputs else [])
+    rows: list[dict] = []
+    failed = 0
+    for ex in sources:
+        probs = clf.predict_texts(ex.texts)
+        for rid, text, pr in zip(ex.ids, ex.texts, probs):
+            rows.append({"id": rid, "text": text, "label": clf.classes_[int(pr.argmax())],
+                         "probabilities": {str(c): round(float(v), 6) for c, v in zip(clf.classes_, pr)}})
+        for rid, why in ex.skipped:
+            rows.append({"id": rid, "error": why})
+            failed += 1
+    return rows, failed
+
+
+def _predict_images(clf, inputs, input_file, path_column) -> tuple[list[dict], int]:
+    from .data import Examples, as_examples
+    from .data.sources import IMAGE_SUFFIXES
+    from .errors import DataError
+
     paths: list[str] = []
-    for item in inputs:
+    if input_file:
+        paths += [str(p) for p in as_examples(input_file, path_column=path_column, label_column=None).items]
+    for item in inputs or []:
         p = Path(item)
         if p.is_dir():
             paths += sorted(str(q) for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
         else:
             paths.append(item)
     if not paths:
-        from .errors import DataError
-
-        raise DataError(f"No images found in {inputs}; pass image files or folders holding images.")
+        raise DataError(f"No images found in {inputs or input_file}; pass image files or folders holding images.")
     probs, skipped, kept = clf._predict_examples(Examples(paths, None, "inputs"), with_index=True)
-    rows = {i: probs[j] for j, i in enumerate(kept)}
+    found = {i: probs[j] for j, i in enumerate(kept)}
     errors = dict(skipped)
+    rows = []
     for i, path in enumerate(paths):
-        if i in rows:
-            pr = {str(c): round(float(v), 6) for c, v in zip(clf.classes_, rows[i])}
-            if top:
-                pr = dict(sorted(pr.items(), key=lambda kv: -kv[1])[:top])
-            label = clf.classes_[int(rows[i].argmax())]
-            print(json.dumps({"path": path, "label": label, "probabilities": pr}))
+        if i in found:
+            rows.append({"path": path, "label": clf.classes_[int(found[i].argmax())],
+                         "probabilities": {str(c): round(float(v), 6) for c, v in zip(clf.classes_, found[i])}})
         else:
-            print(json.dumps({"path": path, "error": errors.get(path, "unreadable")}))
-    if skipped:
-        raise typer.Exit(1)
+            rows.append({"path": path, "error": errors.get(path, "unreadable")})
+    return rows, len(skipped)
+
+
+def _write_predictions(rows: list[dict], output: Path | None) -> None:
+    """JSON lines on stdout, or a .jsonl / .csv file (one probability column per class)."""
+    if output is None or output.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text, encoding="utf-8")
+        return
+    import csv
+
+    classes = list(dict.fromkeys(c for r in rows for c in r.get("probabilities", {})))
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "probabilities"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(keys + [f"p_{c}" for c in classes])
+        for r in rows:
+            probs = r.get("probabilities", {})
+            w.writerow([r.get(k, "") for k in keys] + [probs.get(c, "") for c in classes])
+    _console().print(f"wrote {len(rows)} predictions to {output}")
 
 
 @app.command()
@@ -197,7 +286,7 @@ def _print_report(report: dict) -> None:
 
     console = Console()
     console.print(f"accuracy [bold]{report['accuracy']:.4f}[/bold]  macro-F1 {report['macro_f1']:.4f}  "
-                  f"({report['n']} images, {report['n_skipped']} skipped)")
+                  f"({report['n']} examples, {report['n_skipped']} skipped)")
     table = Table("class", "precision", "recall", "F1", "support")
     for c, m in report["per_class"].items():
         table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
@@ -223,6 +312,9 @@ def backbones(
         from .truncate import stage_summary
 
         bb = get_backbone(stages)
+        if bb.modality == "text":
+            _print_text_stages(console, bb)
+            return
         t = Table("#", "stage", "params", "output channels", "backbone params with --cut-stage #",
                   title=f"{bb.spec}: {bb.num_features} features, input {bb.preprocess.input_size}px")
         for r in stage_summary(bb.module, bb.stages):
@@ -237,6 +329,18 @@ def backbones(
     for row in list_backbones():
         t.add_row(row["spec"], row["weights"], "yes" if row["offline"] else "no", row["how"])
     console.print(t)
+
+
+def _print_text_stages(console, bb) -> None:
+    from rich.table import Table
+
+    t = Table("#", "stage", "params", title=f"{bb.spec}: {bb.num_features} features, up to "
+              f"{bb.preprocess.max_length} tokens, {bb.preprocess.pooling} pooling")
+    params = dict(bb.module.named_parameters())
+    for i, s in enumerate(bb.stages):
+        t.add_row(str(i), s.name, f"{sum(params[n].numel() for n in s.param_names):,}")
+    console.print(t)
+    console.print("--freeze-stages K freezes stages 0..K-1 (embeddings first).")
 
 
 @app.command()
@@ -260,7 +364,8 @@ def rank(
         return
     fmt = lambda r, k: f"{r[k]:.3f} ± {r[k + '_std']:.3f}" if k in r else "-"  # noqa: E731
     table = Table("backbone", "LogME", "LEEP", "NCE", "H-score", "k-NN acc", "linear acc", "params", "img/s",
-                  title=f"transferability on {rows[0]['n_images'] if rows else 0} images (higher is better)")
+                  title=f"transferability on {rows[0]['n_images'] if rows else 0} "
+                  f"{'texts' if 'leep' not in (rows[0] if rows else {}) else 'images'} (higher is better)")
     for r in rows:
         table.add_row(r["backbone"], fmt(r, "logme"), fmt(r, "leep"), fmt(r, "nce"), fmt(r, "hscore"),
                       f"{r['knn_acc']:.3f}", f"{r['linear_acc']:.3f}", f"{r['params_m']}M",
@@ -287,8 +392,15 @@ def plan(
     from .data import as_examples
     from .planning import plan_for_data
 
+    bb = get_backbone(backbone)
+    if bb.modality == "text":
+        from .errors import HeadstartError
+
+        raise HeadstartError("`headstart plan` profiles the stages of image backbones; for text, compare "
+                             "backbones with `headstart rank DATA --backbones hf:...,vectors:...` and start "
+                             "with --strategy linear-probe.")
     ex = as_examples(data)
-    rows, the_plan = plan_for_data(ex, get_backbone(backbone), max_images=max_images)
+    rows, the_plan = plan_for_data(ex, bb, max_images=max_images)
     if as_json:
         print(json.dumps({"profile": [asdict(r) for r in rows], "plan": the_plan.to_dict()}, indent=2))
         return

@@ -23,7 +23,19 @@ from .runtime import default_device, resolve_precision
 
 def rank(data, backbones: Sequence[str], *, y=None, max_images: int = 1000, bootstrap_rounds: int = 10,
          precision: str = "auto", seed: int = 0, pretrained: bool = True) -> list[dict[str, Any]]:
-    """Score every backbone in ``backbones`` on labelled ``data``; rows sorted best first (by LogME)."""
+    """Score every backbone in ``backbones`` on labelled ``data``; rows sorted best first (by LogME).
+
+    Image backbones score images; text backbones (``hf:``, ``vectors:``) score texts, from any table
+    the text loader reads. LEEP and NCE need the source task's classifier, so only image rows have them.
+    """
+    from .backbones import is_text_spec
+
+    kinds = {is_text_spec(b) for b in backbones}
+    if len(kinds) > 1:
+        raise DataError(f"Rank image and text backbones separately; got both kinds in {list(backbones)}.")
+    if kinds == {True}:
+        return _rank_text(data, backbones, y=y, max_examples=max_images, rounds=bootstrap_rounds,
+                          precision=precision, seed=seed)
     ex = check_duplicates(as_examples(data, y))
     if ex.labels is None:
         raise DataError("Ranking needs labelled data: class folders, a CSV with labels, or y.")
@@ -33,6 +45,33 @@ def rank(data, backbones: Sequence[str], *, y=None, max_images: int = 1000, boot
         ex = ex.subset(keep)
     rows = [_score_backbone(spec, ex, precision=precision, rounds=bootstrap_rounds, seed=seed,
                             pretrained=pretrained) for spec in backbones]
+    rows.sort(key=lambda r: -r["logme"])
+    return rows
+
+
+def _rank_text(data, backbones, *, y, max_examples: int, rounds: int, precision: str, seed: int) -> list[dict]:
+    from .text.data import load_texts
+    from .text.encoders import tokenize
+
+    ex = load_texts(data, y, require_labels=True)
+    class_list(ex.labels)
+    if len(ex) > max_examples:
+        keep, _ = stratified_split(ex.labels, 1.0 - max_examples / len(ex), seed)
+        ex = ex.subset(keep)
+    labels = np.asarray([str(v) for v in ex.labels])
+    rows = []
+    for spec in backbones:
+        bb = get_backbone(spec)
+        device = default_device()
+        model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages).to(device)
+        tokens = tokenize(bb.tokenizer, ex.texts)
+        t0 = time.perf_counter()
+        feats, hit = cached_features(model, tokens, preprocess=bb.preprocess, device=device,
+                                     precision=resolve_precision(precision, device))
+        rate = None if hit else round(len(tokens) / (time.perf_counter() - t0), 1)
+        row = {"backbone": spec, "params_m": round(bb.num_params / 1e6, 2), "features": bb.num_features,
+               "n_images": len(tokens), "images_per_s": rate}
+        rows.append({**row, **_scores(feats.numpy().astype(np.float64), labels, None, rounds, seed)})
     rows.sort(key=lambda r: -r["logme"])
     return rows
 
@@ -51,11 +90,20 @@ def _score_backbone(spec: str, ex, *, precision: str, rounds: int, seed: int, pr
     row: dict[str, Any] = {"backbone": spec, "params_m": round(bb.num_params / 1e6, 2),
                            "features": bb.num_features, "input_size": bb.preprocess.input_size,
                            "n_images": len(f), "images_per_s": None if hit else round(len(f) / seconds, 1)}
-    row["logme"], row["logme_std"] = T.bootstrap(lambda i: T.logme(f[i], labels[i]), len(f), rounds, seed)
-    row["hscore"], row["hscore_std"] = T.bootstrap(lambda i: T.hscore(f[i], labels[i]), len(f), rounds, seed)
+    probs = None
     if bb.source_head is not None:
         with torch.no_grad():
             probs = torch.softmax(bb.source_head(feats.to(device)).float(), 1).cpu().numpy()
+    return {**row, **_scores(f, labels, probs, rounds, seed)}
+
+
+def _scores(f: np.ndarray, labels: np.ndarray, source_probs, rounds: int, seed: int) -> dict[str, Any]:
+    """Every transferability score of features ``f``, with bootstrap uncertainty where it is cheap."""
+    row: dict[str, Any] = {}
+    row["logme"], row["logme_std"] = T.bootstrap(lambda i: T.logme(f[i], labels[i]), len(f), rounds, seed)
+    row["hscore"], row["hscore_std"] = T.bootstrap(lambda i: T.hscore(f[i], labels[i]), len(f), rounds, seed)
+    if source_probs is not None:
+        probs = source_probs
         row["leep"], row["leep_std"] = T.bootstrap(lambda i: T.leep(probs[i], labels[i]), len(f), rounds, seed)
         hard = probs.argmax(1)
         row["nce"], row["nce_std"] = T.bootstrap(lambda i: T.nce(hard[i], labels[i]), len(f), rounds, seed)

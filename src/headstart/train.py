@@ -75,6 +75,13 @@ class _Run:
     model: nn.Module | None = None
     phase_info: dict = field(default_factory=dict)  # one-off costs of the current phase (cache builds)
     data_sha256: str = ""  # of the decoded training pixels: the feature-cache key of this run's data
+    # Within a head-only phase, checkpoint at most this often. Its epochs on cached features take
+    # milliseconds; writing (and fsyncing) the whole model after each of hundreds of them dominated
+    # the run (a 400k-word embedding table: 160 MB per epoch). The first epoch and every phase end
+    # always checkpoint, epochs that train the backbone always do, and resuming from any checkpoint is
+    # exact, so at most this much (cheap) work is redone.
+    checkpoint_seconds: float = 20.0
+    _last_save: float = float("-inf")
 
     def log_epoch(self, rec: dict, total: int) -> None:
         if self.metrics_path is not None and is_main_process():
@@ -84,9 +91,12 @@ class _Run:
             self.progress(rec, total)
 
     def save_checkpoint(self, *, epoch: int, records: list[dict], optimizer=None, scheduler=None,
-                        best_state=None, best_score=None, bad_epochs: int = 0, generators=()) -> None:
+                        best_state=None, best_score=None, bad_epochs: int = 0, generators=(),
+                        final: bool = True) -> None:
         """Everything needed to continue exactly here: weights, optimizer, schedule, RNGs, position."""
         if self.checkpoint_path is None or not is_main_process():  # one writer under DDP
+            return
+        if not final and time.perf_counter() - self._last_save < self.checkpoint_seconds:
             return
         state = {
             "version": 1, "phase_index": self.phase_index, "epoch": epoch,
@@ -101,6 +111,7 @@ class _Run:
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
+        self._last_save = time.perf_counter()
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -184,8 +195,11 @@ def _fit_head_on_features(model, backbone, data, cfg, phase, run: _Run):
     batch_size = max(cfg.batch_size, 128)
     steps_per_epoch = max(1, len(data.x_train) // batch_size)
     phase = replace(phase, epochs=max(phase.epochs, math.ceil(cfg.head_min_steps / steps_per_epoch)))
+    # Patience counts epochs, and a small dataset makes an epoch one or two steps, still in warmup:
+    # give the head at least a fifth of its minimum steps to improve before stopping early.
+    patience = max(cfg.patience, math.ceil(cfg.head_min_steps / 5 / steps_per_epoch))
     return _train_module(model.head, (feats["train"], data.y_train), val, cfg, phase, run,
-                         batch_size=batch_size)
+                         batch_size=batch_size, patience=patience)
 
 
 def _fit_images(model, backbone, data, cfg, phase, run: _Run):
@@ -215,7 +229,7 @@ def _fit_images(model, backbone, data, cfg, phase, run: _Run):
 
 def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase, run: _Run, *,
                   batch_size: int, augment_fn=None, groups: list[dict] | None = None,
-                  aug_gen: torch.Generator | None = None) -> list[dict]:
+                  aug_gen: torch.Generator | None = None, patience: int | None = None) -> list[dict]:
     gen = torch.Generator().manual_seed(cfg.seed)
     generators = [gen] + ([aug_gen] if aug_gen is not None else [])
     accel = make_accelerator(run.precision)
@@ -271,9 +285,10 @@ def _train_module(module: nn.Module, train, val, cfg: TrainConfig, phase: Phase,
         records.append(rec)
         run.save_checkpoint(epoch=epoch, records=records, optimizer=optimizer, scheduler=scheduler,
                             best_state=best_state, best_score=best_score, bad_epochs=bad_epochs,
-                            generators=generators)
+                            generators=generators,
+                            final=epoch == phase.epochs or phase.name != "head")
         run.log_epoch(rec, phase.epochs)
-        if val_loader is not None and bad_epochs >= cfg.patience:
+        if val_loader is not None and bad_epochs >= (patience or cfg.patience):
             break
     module = accel.unwrap_model(module, keep_fp32_wrapper=False)
     if best_state is not None:

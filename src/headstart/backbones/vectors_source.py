@@ -29,6 +29,8 @@ def build_vectors(name: str, *, pooling: str | None = None, max_length: int | No
                   vocab: str | None = None) -> Backbone:
     from ..text.encoders import BagOfVectors, TextPreprocess, WordTokenizer
 
+    if pooling not in (None, "mean", "tfidf"):  # before reading a large vector file
+        raise BackboneError(f"pooling {pooling!r} is not available for vectors: backbones; use mean or tfidf.")
     words, matrix, note = read_vectors(name, vocab=vocab)
     lowercase = not any(w != w.lower() for w in words[:50000])  # GloVe 6B / uncased vectors
     module = BagOfVectors(len(words) + 1, matrix.shape[1], pooling=pooling or "mean")

@@ -62,8 +62,9 @@ class TextClassifier(TransferClassifier):
         train_ex, val_ex = self._split(train_ex, validation, cfg)
         if validation is not None:
             self.skipped_ += val_ex.skipped
-        for name, why in self.skipped_:
-            log.warning("skipped %s: %s", name, why)
+        if self.skipped_:  # one summary line; every row is listed in headstart.json (data.skipped)
+            log.warning("%s", train_ex.skipped_summary() if validation is None else
+                        f"skipped {len(self.skipped_)} unusable rows (see headstart.json)")
 
         from ..train import TrainData, fit, seed_everything
 

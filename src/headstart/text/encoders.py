@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Stage
-from ..errors import HeadstartError
+from ..errors import BackboneError
 
 POOLINGS = ("mean", "cls", "max", "tfidf")
 
@@ -66,7 +66,7 @@ class HFEncoder(nn.Module):
     def __init__(self, model: nn.Module, pooling: str = "mean", normalize: bool = False):
         super().__init__()
         if pooling not in ("mean", "cls", "max"):
-            raise HeadstartError(f"pooling {pooling!r} is not available for hf: backbones; use mean, cls or max.")
+            raise BackboneError(f"pooling {pooling!r} is not available for hf: backbones; use mean, cls or max.")
         self.model = model
         self.pooling = pooling
         self.normalize = normalize
@@ -88,7 +88,7 @@ class BagOfVectors(nn.Module):
     def __init__(self, num_words: int, dim: int, pooling: str = "mean"):
         super().__init__()
         if pooling not in ("mean", "tfidf"):
-            raise HeadstartError(f"pooling {pooling!r} is not available for vectors: backbones; use mean or tfidf.")
+            raise BackboneError(f"pooling {pooling!r} is not available for vectors: backbones; use mean or tfidf.")
         self.embeddings = nn.Embedding(num_words, dim, padding_idx=0)
         self.register_buffer("idf", torch.ones(num_words))
         self.pooling = pooling
