@@ -64,15 +64,7 @@ class TransferClassifier:
         """
         cfg = self.config
         t0 = time.perf_counter()
-        ckpt = None
-        if out is not None:
-            from .storage import check_writable
-
-            check_writable(out)  # fail before any training, never after an hour of it
-            if resume:
-                ckpt = _load_resume_checkpoint(Path(out), cfg)
-        elif resume:
-            raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
+        ckpt = prepare_out(out, resume, cfg)
         train_ex = check_duplicates(as_examples(X, y))
         if train_ex.labels is None:
             raise DataError("Training needs labels: pass y, a class-per-folder directory, or a CSV with labels.")
@@ -119,11 +111,7 @@ class TransferClassifier:
         for name, why in self.skipped_:
             log.warning("skipped unreadable image %s: %s", name, why)
 
-        metrics_path = checkpoint_path = None
-        if out is not None:
-            metrics_path, checkpoint_path = Path(out) / METRICS, Path(out) / CHECKPOINT
-            if ckpt is None:
-                metrics_path.unlink(missing_ok=True)
+        metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
         self.fitted_config_ = cfg
         from .baselines import Baselines
 
@@ -231,6 +219,28 @@ def _check_every_class_readable(y: torch.Tensor, classes: list, skipped: list) -
             f"Every training image of class {empty[0]!r} was unreadable ({len(skipped)} skipped, e.g. "
             f"{skipped[0][0]!r}: {skipped[0][1]}); fix those files or remove the class."
         )
+
+
+def prepare_out(out: str | Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
+    """Check the run directory before any training; the checkpoint to resume from, if asked."""
+    if out is None:
+        if resume:
+            raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
+        return None
+    from .storage import check_writable
+
+    check_writable(out)  # fail before any training, never after an hour of it
+    return _load_resume_checkpoint(Path(out), cfg) if resume else None
+
+
+def run_paths(out: str | Path | None, fresh: bool) -> tuple[Path | None, Path | None]:
+    """(metrics.jsonl, checkpoint.pt) of a run directory; a fresh run starts a new metrics log."""
+    if out is None:
+        return None, None
+    metrics_path, checkpoint_path = Path(out) / METRICS, Path(out) / CHECKPOINT
+    if fresh:
+        metrics_path.unlink(missing_ok=True)
+    return metrics_path, checkpoint_path
 
 
 def _load_resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:

@@ -15,13 +15,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..api import TransferClassifier, _backbone_info, _load_resume_checkpoint
+from ..api import TransferClassifier, _backbone_info, prepare_out, run_paths
 from ..backbones import get_backbone
 from ..config import TrainConfig
 from ..data import class_list, encode_labels, stratified_split
 from ..errors import DataError, HeadstartError
 from ..model import TransferModel
-from ..run import CHECKPOINT, METRICS, read_run, save_run
+from ..run import read_run, save_run
 from ..runtime import default_device, inference_context, is_main_process, resolve_precision
 from .data import TextExamples, load_texts
 from .encoders import TextPreprocess, sort_by_length, tokenize
@@ -55,7 +55,7 @@ class TextClassifier(TransferClassifier):
         """Train on ``X``: a CSV/TSV/JSONL/Parquet file, a DataFrame, a ``datasets.Dataset``, or texts + ``y``."""
         t0 = time.perf_counter()
         cfg = self._text_config()
-        ckpt = self._prepare_out(out, resume, cfg)
+        ckpt = prepare_out(out, resume, cfg)
         train_ex = self._load(X, y, labelled=True)
         self.classes_ = class_list(train_ex.labels)
         self.skipped_ = list(train_ex.skipped)
@@ -85,11 +85,7 @@ class TextClassifier(TransferClassifier):
         if val_ex is not None:
             data.x_val, data.y_val = self._encode(val_ex)
 
-        metrics_path = checkpoint_path = None
-        if out is not None:
-            metrics_path, checkpoint_path = Path(out) / METRICS, Path(out) / CHECKPOINT
-            if ckpt is None:
-                metrics_path.unlink(missing_ok=True)
+        metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
         self.fitted_config_ = cfg
         self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress,
                             checkpoint_path=checkpoint_path, resume=ckpt)
@@ -120,16 +116,6 @@ class TextClassifier(TransferClassifier):
                                  "layer (freeze the lower ones with --freeze-stages instead).")
         # Image augmentation (flips, crops) has no meaning for token ids.
         return cfg.replace(augment=False) if cfg.augment else cfg
-
-    def _prepare_out(self, out, resume: bool, cfg: TrainConfig):
-        if out is None:
-            if resume:
-                raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
-            return None
-        from ..storage import check_writable
-
-        check_writable(out)  # fail before any training, never after an hour of it
-        return _load_resume_checkpoint(Path(out), cfg) if resume else None
 
     def _load(self, X, y=None, *, labelled: bool) -> TextExamples:
         if isinstance(X, TextExamples):
