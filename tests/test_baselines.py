@@ -59,12 +59,15 @@ def test_warning_rules():
 
     b = Baselines.__new__(Baselines)
     b.finetunes = True
-    scratch = {"val_acc": 0.70, "seconds": 30.0}
-    assert b._warnings(0.90, {"val_acc": 0.85}, scratch) == []
-    assert [w.split(":")[0] for w in b._warnings(0.70, {"val_acc": 0.60}, scratch)] == ["NEGATIVE TRANSFER"]
-    assert b._warnings(0.85, {"val_acc": 0.85}, scratch)[0].startswith("Fine-tuning did not beat the linear probe")
+    scratch = {"val_acc": 0.70, "seconds": 30.0}  # standard error on 200 images: 0.032
+    assert b._warnings(0.90, {"val_acc": 0.85}, scratch, 200) == []
+    kinds = lambda *args: [w.split(":")[0] for w in b._warnings(*args)]  # noqa: E731
+    assert kinds(0.60, {"val_acc": 0.50}, scratch, 200) == ["NEGATIVE TRANSFER"]  # worse by 3 standard errors
+    assert kinds(0.69, {"val_acc": 0.50}, scratch, 200) == ["TRANSFER DID NOT HELP"]  # within the noise
+    assert kinds(0.70, {"val_acc": 0.60}, scratch, 200) == ["TRANSFER DID NOT HELP"]  # a tie
+    assert b._warnings(0.85, {"val_acc": 0.85}, scratch, 200)[0].startswith("Fine-tuning did not beat the linear probe")
     b.finetunes = False  # a linear-probe run *is* the linear probe
-    assert b._warnings(0.85, {"val_acc": 0.85}, scratch) == []
+    assert b._warnings(0.85, {"val_acc": 0.85}, scratch, 200) == []
     from headstart.baselines import _compute_saved
 
     hist = SimpleNamespace(seconds=10.0, phases=[{"name": "head", "seconds": 10.0, "features_seconds": 4.0}],

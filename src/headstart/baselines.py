@@ -18,8 +18,9 @@ reach the from-scratch model's best accuracy (per-epoch times, scaled so each ph
 recorded duration). A WARNING is logged and saved when transfer did not beat the from-scratch model
 (negative transfer) or fine-tuning did not beat the linear probe.
 
-The from-scratch accuracy is the best over its epochs (selected on the validation split), an optimistic
-figure: the warning errs on the side of firing.
+Both models are compared at the epoch with the lowest validation loss (the rule that selects the
+transfer model's weights). "NEGATIVE TRANSFER" means the transfer model is worse by more than one
+standard error of the validation accuracy; a smaller deficit or a tie gets "TRANSFER DID NOT HELP".
 """
 from __future__ import annotations
 
@@ -102,12 +103,15 @@ def crop_flip(batch: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 256) -> float:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 256) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a validation split."""
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     for i in range(0, len(x), batch_size):
-        correct += (model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum().item()
-    return correct / max(len(y), 1)
+        logits = model(x[i:i + batch_size].to(device)).float().cpu()
+        loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    return loss / max(len(y), 1), correct / max(len(y), 1)
 
 
 def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_seconds: float, *, seed: int = 0,
@@ -116,7 +120,9 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
 
     The first epoch warms up; its duration sets how many epochs fit in the budget, and the learning
     rate then follows a cosine to zero over them. Validation after every epoch counts towards the
-    budget. Returns the best validation accuracy and the (seconds, accuracy) curve.
+    budget. Returns the validation accuracy of the epoch with the lowest validation loss (the rule that
+    picks the transfer model's weights), the highest accuracy of any epoch, and the (seconds, accuracy)
+    curve.
     """
     from .runtime import default_device
 
@@ -135,6 +141,7 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     total_epochs, epoch, step = None, 0, 0
     curve: list[list[float]] = []
+    best, best_acc = None, 0.0
     while True:
         epoch += 1
         model.train()
@@ -158,9 +165,11 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
             loss.backward()
             opt.step()
             step += 1
-        acc = _accuracy(model, xv, y_val, device)
+        loss, acc = _evaluate(model, xv, y_val, device)
         elapsed = time.perf_counter() - t_start
         curve.append([round(elapsed, 2), round(acc, 5)])
+        if best is None or (-loss, acc) > best:  # the transfer run's rule: best validation loss
+            best, best_acc = (-loss, acc), acc
         if total_epochs is None:
             total_epochs = max(1, int(budget_seconds / max(elapsed, 1e-6)))
         per_epoch = elapsed / epoch
@@ -169,7 +178,8 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
     params = sum(p.numel() for p in model.parameters())
     return {"architecture": "ScratchNet (ResNet-style, 4 residual blocks, 16-128 channels)", "params": params,
             "input_size": size, "epochs": epoch, "seconds": round(time.perf_counter() - t_start, 2),
-            "val_acc": round(max(a for _, a in curve), 5), "final_val_acc": curve[-1][1], "curve": curve}
+            "val_acc": round(best_acc, 5), "best_val_acc": max(a for _, a in curve), "final_val_acc": curve[-1][1],
+            "curve": curve}
 
 
 def _phase_times(history) -> list[float]:
@@ -230,7 +240,7 @@ class Baselines:
             "linear_probe": lp, "scratch": scratch,
         }
         report["compute_saved"] = _compute_saved(history, transfer_acc, scratch)
-        report["warnings"] = self._warnings(transfer_acc, lp, scratch)
+        report["warnings"] = self._warnings(transfer_acc, lp, scratch, len(data.x_val))
         for w in report["warnings"]:
             log.warning("%s", w)
         report["seconds"] = round(time.perf_counter() - t0, 2)
@@ -258,16 +268,21 @@ class Baselines:
                 "source": "trained on cached features of the pretrained weights",
                 "seconds": round(time.perf_counter() - t0, 2)}
 
-    def _warnings(self, transfer_acc, lp, scratch) -> list[str]:
+    def _warnings(self, transfer_acc, lp, scratch, n_val: int) -> list[str]:
         out = []
         if transfer_acc is None:
             return out
-        if transfer_acc <= scratch["val_acc"]:
-            out.append(f"NEGATIVE TRANSFER: the transfer model's validation accuracy ({transfer_acc:.4f}) is not "
-                       "above that of a small model trained from scratch on the same split for "
-                       f"{scratch['seconds']:.0f}s "
-                       f"({scratch['val_acc']:.4f}). The pretrained weights did not help on this data; try "
-                       "another backbone (`headstart rank`), or train from scratch.")
+        sc = scratch["val_acc"]
+        se = math.sqrt(max(sc * (1 - sc), 1e-12) / max(n_val, 1))  # binomial, on n_val images
+        versus = (f"a small model trained from scratch on the same split for {scratch['seconds']:.0f}s "
+                  f"({sc:.4f}, {n_val} validation images, standard error {se:.3f})")
+        if transfer_acc < sc - se:
+            out.append(f"NEGATIVE TRANSFER: the transfer model's validation accuracy ({transfer_acc:.4f}) is below "
+                       f"that of {versus}. The pretrained weights hurt on this data; try another backbone "
+                       "(`headstart rank`), or train from scratch.")
+        elif transfer_acc <= sc:
+            out.append(f"TRANSFER DID NOT HELP: the transfer model's validation accuracy ({transfer_acc:.4f}) is not "
+                       f"above that of {versus}. A model trained from scratch is as good here.")
         if self.finetunes and lp.get("val_acc") is not None and transfer_acc <= lp["val_acc"]:
             out.append(f"Fine-tuning did not beat the linear probe (validation accuracy {transfer_acc:.4f} vs "
                        f"{lp['val_acc']:.4f}): the extra training bought nothing; `--strategy linear-probe` "
