@@ -42,7 +42,7 @@ def test_short_real_fine_tune_beats_raw_pixel_logistic_regression(tmp_path):
     base_acc = baseline.score(xt.reshape(len(xt), -1) / 255.0, yt)
 
     clf = TransferClassifier("timm:tf_efficientnet_lite0", strategy="two-stage", freeze_stages=5,
-                             augment=False, epochs=3, head_epochs=40)
+                             augment=False, epochs=3, head_epochs=40, baselines=False)  # test_baselines.py covers them
     clf.fit(x[idx], y[idx], out=tmp_path / "run")
     acc = clf.score(xt, yt)
     assert acc > base_acc + 0.02, (acc, base_acc)

@@ -13,7 +13,7 @@ from conftest import TINY, make_images, write_folder
 
 ARGS = ["--backbone", TINY, "--random-init", "--strategy", "two-stage", "--freeze-stages", "2",
         "--epochs", "8", "--head-epochs", "3", "--head-min-steps", "0", "--batch-size", "8", "--precision", "fp32", "--seed", "7",
-        "--quiet"]
+        "--no-baselines", "--quiet"]
 
 
 def _cli(*args):
