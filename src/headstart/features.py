@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
+import time
 
 import numpy as np
 import torch
 
 from .backbones.base import PreprocessConfig, tensors_sha256
-from .runtime import batched_apply, chunks, maybe_compile, to_fast_layout
+from .runtime import chunks, feature_extractor
 from .storage import atomic_path, cache_dir
 
 
@@ -36,13 +39,21 @@ def feature_key(*, weights_sha256: str, preprocess: PreprocessConfig, layer: str
 
 
 def compute_features(model, pixels: torch.Tensor, *, precision: str, device: torch.device,
-                     batch_size: int = 64) -> torch.Tensor:
-    """Pooled backbone features of uint8 ``pixels`` (N, 3, S, S) → float32 (N, D)."""
+                     batch_size: int = 64, compile: str = "auto") -> torch.Tensor:
+    """Pooled backbone features of uint8 ``pixels`` (N, 3, S, S) → float32 (N, D).
+
+    Runs :func:`headstart.runtime.feature_extractor`: on a CPU a prepared copy of the backbone
+    (BatchNorm folded, bf16 weights where the CPU has native bf16, channels_last, small micro-batches,
+    ``torch.compile`` from ``COMPILE_MIN_IMAGES`` images on, or per ``compile``).
+    """
     was_training = model.training
     model.eval()
-    to_fast_layout(model)
-    outs = list(batched_apply(model.features, chunks(pixels, batch_size), precision=precision, device=device))
-    model.train(was_training)
+    try:
+        extract = feature_extractor(model, precision=precision, device=device, n_images=len(pixels),
+                                    compile=compile)
+        outs = [extract(xb) for xb in chunks(pixels, batch_size)]
+    finally:
+        model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
@@ -102,11 +113,16 @@ def examples_sha256(ex) -> str:
 
 
 def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, device: torch.device,
-                    batch_size: int = 64, use_cache: bool = True) -> tuple[np.ndarray, np.ndarray, list]:
+                    batch_size: int = 64, use_cache: bool = True, prefetch: int = 2,
+                    stats: dict | None = None) -> tuple[np.ndarray, np.ndarray, list]:
     """Features of every image in ``ex``, streamed in batches into a memory-mapped file.
 
-    Memory stays flat whatever the dataset size: only one batch of pixels is ever in RAM, and the
-    (N, D) result lives on disk. Returns (features memmap, indices of the decoded images, skipped).
+    Memory stays flat whatever the dataset size: only a few batches of pixels are ever in RAM, and the
+    (N, D) result lives on disk. Images are decoded ``prefetch`` batches ahead in a background thread
+    (0: decode and compute take turns), so decoding overlaps the model instead of stalling it.
+    ``stats``, when given, is filled with where the time went: ``wait_s`` (the model waiting for
+    decoded pixels), ``compute_s``, ``write_s``, ``wall_s``, ``images`` and the extraction ``path``.
+    Returns (features memmap, indices of the decoded images, skipped).
     """
     from .data.images import iter_decoded
 
@@ -116,32 +132,95 @@ def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, 
     path, index_path = root / f"{key}.stream.npy", root / f"{key}.index.npy"
     if use_cache and path.is_file() and index_path.is_file():
         return np.load(path, mmap_mode="r"), np.load(index_path), []
+    t_start = time.perf_counter()
     model.eval()
-    to_fast_layout(model)
     dim = getattr(model.head[-1], "in_features", None)
-    features = maybe_compile(model.features, len(ex))
+    extract = feature_extractor(model, precision=precision, device=device, n_images=len(ex))
     index, skipped, rows = [], [], 0
+    wait = compute = write = 0.0
+    parts = iter_decoded(ex, preprocess, batch_size=batch_size)
+    if prefetch > 0:
+        parts = _prefetched(parts, prefetch)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # Plain appends after an .npy header, not a writable memmap: dirty mapped pages count as
         # resident memory until unmapped, so a 60k x 1280 memmap would grow RSS by ~300 MB.
         header = _npy_header((len(ex), dim))
         f.write(header)
-        for part in iter_decoded(ex, preprocess, batch_size=batch_size):
-            skipped += part.skipped
-            if len(part.pixels):
-                px, n = part.pixels, len(part.pixels)
-                if features is not model.features and n < batch_size:  # one shape: no recompilation
-                    px = torch.cat([px, px[-1:].expand(batch_size - n, *px.shape[1:])])
-                feats = next(batched_apply(features, [px], precision=precision, device=device))[:n]
-                f.write(feats.numpy().astype("<f4", copy=False).tobytes())
-                rows += n
-                index += part.index
+        try:
+            while True:
+                t0 = time.perf_counter()
+                part = next(parts, None)
+                t1 = time.perf_counter()
+                wait += t1 - t0
+                if part is None:
+                    break
+                skipped += part.skipped
+                if len(part.pixels):
+                    n = len(part.pixels)
+                    feats = extract(part.pixels)
+                    t2 = time.perf_counter()
+                    f.write(feats.numpy().astype("<f4", copy=False).tobytes())
+                    write += time.perf_counter() - t2
+                    compute += t2 - t1
+                    rows += n
+                    index += part.index
+        finally:
+            getattr(parts, "close", lambda: None)()
         if rows < len(ex):  # skipped images: the header must give the rows actually written
             _fix_rows(f, header, rows, dim)
     with atomic_path(index_path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(index, dtype=np.int64))
+    if stats is not None:
+        stats.update(images=rows, wait_s=wait, compute_s=compute, write_s=write,
+                     wall_s=time.perf_counter() - t_start, path=extract.describe, prefetch=prefetch)
     return np.load(path, mmap_mode="r"), np.load(index_path), skipped
+
+
+def _prefetched(iterator, depth: int):
+    """Yield ``iterator``'s items, produced by a background thread up to ``depth`` items ahead.
+
+    Decoding (PIL releases the GIL) then overlaps the model's forward passes. Exceptions are re-raised
+    in the consumer; closing the generator stops the thread at its next item.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in iterator:
+                if not put((True, item)):
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((False, exc))
+            return
+        finally:
+            getattr(iterator, "close", lambda: None)()
+        put((True, done))
+
+    thread = threading.Thread(target=work, name="headstart-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _npy_header(shape: tuple[int, int], total: int | None = None) -> bytes:
