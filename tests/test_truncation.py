@@ -73,9 +73,9 @@ def test_truncated_run_reloads_with_identical_predictions(tmp_path, tiny_data):
 def test_cut_rule():
     from headstart.planning import StageProfile, choose_cut, make_plan
 
-    def rows(accs, dists=None):
-        dists = dists or [1.2] * len(accs)
-        return [StageProfile(i, f"s{i}", 8 * (i + 1), 0.0, a, d) for i, (a, d) in enumerate(zip(accs, dists))]
+    def rows(accs, dists=None, logme=None):
+        dists, logme = dists or [1.2] * len(accs), logme or [0.0] * len(accs)
+        return [StageProfile(i, f"s{i}", 8 * (i + 1), e, a, d) for i, (a, d, e) in enumerate(zip(accs, dists, logme))]
 
     # the top stage is measurably worse than stage 3 (by more than one standard error, 0.015): cut there
     assert choose_cut(rows([0.5, 0.6, 0.8, 0.88, 0.84]), n_images=600) == 3
@@ -85,6 +85,8 @@ def test_cut_rule():
     assert choose_cut(rows([0.5, 0.6, 0.86, 0.88, 0.84]), n_images=600) == 3
     # a middle stage ahead of the top by less than the noise (Fashion-MNIST's 0.822 vs 0.815): no cut
     assert choose_cut(rows([0.5, 0.6, 0.8, 0.822, 0.815]), n_images=600) is None
+    # LogME (which does not reward useless dimensions) still prefers the top stage: no cut
+    assert choose_cut(rows([0.5, 0.6, 0.8, 0.88, 0.84], logme=[-0.2, -0.1, 0.0, 0.1, 0.2]), n_images=600) is None
     # every stage adds accuracy: keep them all
     assert choose_cut(rows([0.5, 0.6, 0.8, 0.85, 0.9]), n_images=600) is None
     plan = make_plan(rows([0.5, 0.6, 0.8, 0.88, 0.84], [0.1, 0.4, 1.2, 1.8, 1.9]), per_class=100, n_images=600)
@@ -105,7 +107,7 @@ def test_auto_cuts_where_the_profile_says(tmp_path, monkeypatch):
     def profile_with_a_better_middle(*args, **kwargs):
         rows = real(*args, **kwargs)
         for r, acc in zip(rows, [0.5, 0.6, 0.9, 0.8, 0.7, 0.7]):
-            r.linear_acc = acc
+            r.linear_acc, r.logme = acc, acc
         return rows
 
     monkeypatch.setattr(planning, "profile", profile_with_a_better_middle)

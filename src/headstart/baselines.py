@@ -118,11 +118,11 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
                   batch_size: int = 64, lr: float = 2e-3, size: int = SCRATCH_SIZE, device=None) -> dict[str, Any]:
     """Train :class:`ScratchNet` for ``budget_seconds`` of wall time (at least one epoch).
 
-    The first epoch warms up; its duration sets how many epochs fit in the budget, and the learning
-    rate then follows a cosine to zero over them. Validation after every epoch counts towards the
-    budget. Returns the validation accuracy of the epoch with the lowest validation loss (the rule that
-    picks the transfer model's weights), the highest accuracy of any epoch, and the (seconds, accuracy)
-    curve.
+    The first epoch warms up; the learning rate then follows a cosine to zero over the *time* left, so
+    the whole budget is used however the machine's speed varies, and training stops when another
+    epoch would not fit. Validation after every epoch counts towards the budget. Returns the validation
+    accuracy of the epoch with the lowest validation loss (the rule that picks the transfer model's
+    weights), the highest accuracy of any epoch, and the (seconds, accuracy) curve.
     """
     from .runtime import default_device
 
@@ -139,7 +139,7 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
     batch_size = min(batch_size, max(8, len(xt) // 8))  # a few hundred images: still several steps per epoch
     steps_per_epoch = max(1, math.ceil(len(xt) / batch_size))
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    total_epochs, epoch, step = None, 0, 0
+    warm_end, epoch, step = None, 0, 0
     curve: list[list[float]] = []
     best, best_acc = None, 0.0
     while True:
@@ -150,10 +150,10 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
             idx = perm[i:i + batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm needs more than one example
-            if total_epochs is None:  # warmup epoch
+            if warm_end is None:  # warmup epoch
                 scale = 0.1 + 0.9 * (step + 1) / steps_per_epoch
-            else:
-                progress = (step - steps_per_epoch) / max(1, (total_epochs - 1) * steps_per_epoch)
+            else:  # cosine over the remaining wall time
+                progress = (time.perf_counter() - t_start - warm_end) / max(budget_seconds - warm_end, 1e-6)
                 scale = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
             for g in opt.param_groups:
                 g["lr"] = lr * scale
@@ -170,10 +170,10 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
         curve.append([round(elapsed, 2), round(acc, 5)])
         if best is None or (-loss, acc) > best:  # the transfer run's rule: best validation loss
             best, best_acc = (-loss, acc), acc
-        if total_epochs is None:
-            total_epochs = max(1, int(budget_seconds / max(elapsed, 1e-6)))
+        if warm_end is None:
+            warm_end = elapsed
         per_epoch = elapsed / epoch
-        if epoch >= total_epochs or elapsed + per_epoch > budget_seconds * 1.02:
+        if elapsed + per_epoch > budget_seconds * 1.02:
             break
     params = sum(p.numel() for p in model.parameters())
     return {"architecture": "ScratchNet (ResNet-style, 4 residual blocks, 16-128 channels)", "params": params,
