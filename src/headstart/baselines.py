@@ -215,7 +215,8 @@ class Baselines:
 
         self.cfg = cfg
         phases = plan_phases(cfg, len(backbone.stages))
-        self.has_head_phase = any(p.head_only(len(backbone.stages)) for p in phases)
+        self.head_phases = [i for i, p in enumerate(phases) if p.head_only(len(backbone.stages))]
+        self.has_head_phase = bool(self.head_phases)
         self.finetunes = any(not p.head_only(len(backbone.stages)) for p in phases)
         self.backbone = backbone
         self.pretrained = None if self.has_head_phase else copy.deepcopy(model.backbone)
@@ -248,7 +249,7 @@ class Baselines:
 
     def _linear_probe(self, clf, data) -> dict[str, Any]:
         if self.has_head_phase:
-            head = [r for r in clf.history_.epochs if r.get("phase") == "head" and "val_acc" in r]
+            head = [r for r in clf.history_.epochs if r.get("phase_index", 0) in self.head_phases and "val_acc" in r]
             best = [r for r in head if r.get("best")] or head
             return {"val_acc": best[-1]["val_acc"] if best else None, "source": "the run's head phase"}
         from .model import TransferModel
