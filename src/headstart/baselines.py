@@ -304,7 +304,7 @@ def _compute_saved(history, transfer_acc, scratch) -> dict[str, Any]:
     T = history.seconds
     if s is None:
         out["summary"] = (f"the from-scratch model never reached the transfer model's accuracy {transfer_acc:.4f} "
-                          f"within {scratch['seconds']:.0f}s (its best: {scratch['val_acc']:.4f})")
+                          f"within {scratch['seconds']:.0f}s (it got {scratch['val_acc']:.4f})")
         if t is not None:
             out["summary"] += (f"; the transfer run reached {scratch['val_acc']:.4f} after about {t:.0f}s "
                                f"({scratch['seconds'] / max(t, 1e-9):.1f}x less time)")
