@@ -182,7 +182,11 @@ class TransferClassifier:
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         self._check_fitted()
-        meta = {
+        return save_run(directory, self.model_, self._meta())
+
+    def _meta(self) -> dict[str, Any]:
+        """What ``headstart.json`` records about this fitted model (``save_run`` adds hashes and versions)."""
+        return {
             "backbone": self.backbone_info_,
             "classes": list(self.classes_),
             "preprocess": self.preprocess_.to_dict(),
@@ -195,7 +199,6 @@ class TransferClassifier:
             "data": getattr(self, "data_info_", None),
             "baselines": getattr(self, "baselines_", None),
         }
-        return save_run(directory, self.model_, meta)
 
     def final_metrics_(self) -> dict[str, Any]:
         best = [r for r in self.history_.epochs if r.get("best")]

@@ -190,21 +190,8 @@ class TextClassifier(TransferClassifier):
         if encoder is not None:
             encoder.config.save_pretrained(files)
         meta = self._meta()
-        meta.update({"modality": "text", "text_column": self.text_column, "label_column": self.label_column,
-                     "baselines": getattr(self, "baselines_", None)})
+        meta.update({"modality": "text", "text_column": self.text_column, "label_column": self.label_column})
         return save_run(directory, self.model_, meta)
-
-    def _meta(self) -> dict[str, Any]:
-        return {
-            "backbone": self.backbone_info_, "classes": list(self.classes_),
-            "preprocess": self.preprocess_.to_dict(),
-            "config": getattr(self, "fitted_config_", self.config).to_dict(), "plan": None,
-            "history": {"phases": self.history_.phases, "precision": self.history_.precision,
-                        "inference_precision": self.history_.inference_precision,
-                        "seconds": self.history_.seconds} if hasattr(self, "history_") else None,
-            "metrics": self.final_metrics_() if hasattr(self, "history_") else None,
-            "data": getattr(self, "data_info_", None),
-        }
 
     def __repr__(self) -> str:
         return f"TextClassifier(backbone={self.backbone!r}, strategy={self.config.strategy!r})"
