@@ -64,9 +64,9 @@ def test_separable_features_score_higher(score):
 def test_logme_matches_reference_values_on_a_fixed_case():
     """Independent re-derivation: evidence of y under y = f m + noise, maximised over alpha, beta."""
     f, y = _blobs(3.0, n=30, d=4, k=2, seed=3)
-    ours = T.logme(f, y)
-    # brute force: maximise the closed-form evidence over a grid of (alpha, beta) per class
     n, d = f.shape
+    ours = T.logme(f, y)
+    # brute force: maximise the closed-form evidence (full D x D algebra) over a grid of (alpha, beta) per class
     best = []
     for k in range(2):
         t = (y == k).astype(float)
@@ -81,6 +81,56 @@ def test_logme_matches_reference_values_on_a_fixed_case():
                 vals.append(ev / n)
         best.append(max(vals))
     assert ours == pytest.approx(np.mean(best), abs=2e-3)
+
+
+def test_logme_with_fewer_samples_than_features_matches_the_full_d_by_d_algebra():
+    """The thin-SVD form against the paper's updates written with D x D matrices (N = 12 < D = 20)."""
+    f, y = _blobs(0.5, n=12, d=20, k=2, seed=4)
+    n, d = f.shape
+    evidences = []
+    for k in range(2):
+        t = (y == k).astype(float)
+        alpha, beta = 1.0, 1.0
+        for _ in range(1000):
+            a = alpha * np.eye(d) + beta * f.T @ f
+            m = beta * np.linalg.solve(a, f.T @ t)
+            gamma = np.trace(beta * f.T @ f @ np.linalg.inv(a))
+            m2, res2 = m @ m, ((t - f @ m) ** 2).sum()
+            new_alpha, new_beta = gamma / (m2 + 1e-5), (n - gamma) / (res2 + 1e-5)
+            done = abs(new_alpha / new_beta - alpha / beta) / (alpha / beta) < 1e-9
+            alpha, beta = new_alpha, new_beta
+            if done:
+                break
+        a = alpha * np.eye(d) + beta * f.T @ f
+        m = beta * np.linalg.solve(a, f.T @ t)
+        ev = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * np.linalg.slogdet(a)[1]
+              - beta / 2 * (((t - f @ m) ** 2).sum() + 1e-5) - alpha / 2 * (m @ m + 1e-5) - n / 2 * math.log(2 * math.pi))
+        evidences.append(ev / n)
+    assert T.logme(f, y) == pytest.approx(np.mean(evidences), rel=1e-3)
+
+
+def test_hscore_shrinkage_matches_the_direct_ledoit_wolf_formula():
+    from sklearn.covariance import LedoitWolf, ledoit_wolf_shrinkage
+
+    f, y = _blobs(1.0, n=30, d=50)
+    fc = f - f.mean(0)
+    lw = LedoitWolf(assume_centered=True).fit(fc)
+    g = np.stack([fc[y == k].mean(0) for k in range(3)])[y]
+    direct = np.trace(np.linalg.inv(lw.covariance_) @ ((1 - lw.shrinkage_) * g.T @ g / len(y)))
+    assert T.hscore(f, y, shrinkage="auto") == pytest.approx(direct, rel=1e-9)
+    for data in (fc, fc[:, :10]):  # fewer and more samples than features
+        assert T._ledoit_wolf(data, T.thin_svd(data)[1]) == pytest.approx(ledoit_wolf_shrinkage(data, assume_centered=True))
+    assert T.hscore(f, y, shrinkage=0.0) == pytest.approx(T.hscore(f, y))
+    with pytest.raises(ValueError, match="shrinkage"):
+        T.hscore(f, y, shrinkage=1.5)
+
+
+def test_plain_hscore_is_constant_with_few_samples_but_shrinkage_still_ranks():
+    separable, y = _blobs(5.0, n=30, d=64)
+    noisy, _ = _blobs(0.1, n=30, d=64)
+    # N <= D + 1: any labelling is separable, so the plain score is C - 1 for both feature sets
+    assert T.hscore(separable, y) == pytest.approx(2.0) and T.hscore(noisy, y) == pytest.approx(2.0)
+    assert T.hscore(separable, y, shrinkage="auto") > T.hscore(noisy, y, shrinkage="auto")
 
 
 def test_bootstrap_reports_spread():

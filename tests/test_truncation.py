@@ -52,6 +52,47 @@ def test_truncated_output_is_the_pooled_output_the_profile_measured():
     np.testing.assert_allclose(got.numpy(), per_stage[2], rtol=1e-4, atol=1e-5)
 
 
+def test_stage_features_fast_path_matches_the_plain_chain_and_is_cached(monkeypatch):
+    """BatchNorm-folded (bf16, channels_last) stage features agree with the original chain; a second
+    call is served from the disk cache and different pixels are never."""
+    from headstart import planning
+    from headstart.model import TransferModel
+    from headstart.prefix import sequential_chain
+
+    bb = _tiny()
+    model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so folding has something to get wrong
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+    px = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    chain = sequential_chain(model.backbone)
+    ends = planning.stage_chain_ends(chain, bb.stages)
+    with torch.no_grad():  # the reference: the original modules, fp32, no folding
+        x, plain = model.normalize(px), []
+        for j, (_, m) in enumerate(chain):
+            x = m(x)
+            plain += [(x.mean((2, 3)) if x.dim() == 4 else x).numpy()] * ends.count(j)
+    cpu = torch.device("cpu")
+    _, dtype, channels_last, _ = planning._fast_chain(model, chain, px[:2], "bf16", cpu)
+    assert dtype == torch.bfloat16 and channels_last  # the fast path really ran (folded, cast)
+    fp32 = planning.stage_features(model, bb.stages, px, precision="fp32", device=cpu)
+    for got, ref in zip(fp32, plain):
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    for got, ref in zip(planning.stage_features(model, bb.stages, px, precision="bf16", device=cpu), plain):
+        cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+        assert cos.min() >= 0.99
+
+    calls = []
+    real = planning.stage_features
+    monkeypatch.setattr(planning, "stage_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = planning.cached_stage_features(model, bb.stages, px, preprocess=bb.preprocess, precision="fp32", device=cpu)
+    again = planning.cached_stage_features(model, bb.stages, px, preprocess=bb.preprocess, precision="fp32", device=cpu)
+    assert len(calls) == 1 and all(np.array_equal(a, b) for a, b in zip(first, again))
+    other = planning.cached_stage_features(model, bb.stages, px.flip(0), preprocess=bb.preprocess, precision="fp32",
+                                           device=cpu)
+    assert len(calls) == 2 and np.allclose(other[-1], first[-1][::-1], rtol=1e-4, atol=1e-5)
+
+
 def test_truncated_run_reloads_with_identical_predictions(tmp_path, tiny_data):
     x, y = tiny_data
     clf = TransferClassifier(TINY, strategy="two-stage", pretrained=False, epochs=1, head_epochs=2, head_min_steps=0,

@@ -13,6 +13,7 @@ The planner turns that into a strategy (rules documented in :func:`make_plan`).
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,26 +49,86 @@ def reference_images(n: int = 96, seed: int = 0) -> list[np.ndarray]:
 
 @torch.no_grad()
 def stage_features(model, stages, pixels: torch.Tensor, *, precision: str, device, batch_size: int = 64) -> list[np.ndarray]:
-    """Spatially pooled output of every stage, shape (N, C_stage) each, in one pass per batch."""
+    """Spatially pooled output of every stage, shape (N, C_stage) each, in one pass per batch.
+
+    On a CPU this runs the inference fast path of :class:`headstart.runtime.FeatureExtractor` on a
+    private copy: BatchNorm folded (checked against the original on the first images), bf16 weights
+    when ``precision="bf16"``, channels_last.
+    """
     from .prefix import sequential_chain
-    from .runtime import inference_context
 
     chain = sequential_chain(model.backbone)
     if chain is None:
         raise HeadstartError("A layer-wise profile needs a backbone whose forward is a chain of stages "
                              "(CNNs such as EfficientNet, MobileNet, ResNet).")
     ends = stage_chain_ends(chain, stages)
+    modules, dtype, channels_last, autocast = _fast_chain(model, chain, pixels[:2], precision, device)
     out: list[list[torch.Tensor]] = [[] for _ in ends]
     model.eval()
-    with inference_context(precision, device):
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
         for i in range(0, len(pixels), batch_size):
-            x = model.normalize(pixels[i:i + batch_size].to(device))
-            for j, (_, m) in enumerate(chain):
+            x = model.normalize(pixels[i:i + batch_size].to(device)).to(dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for j, m in enumerate(modules):
                 x = m(x)
                 for s, end in enumerate(ends):
                     if end == j:
                         out[s].append((x.float().mean((2, 3)) if x.dim() == 4 else x.float()).cpu())
     return [torch.cat(o).numpy() for o in out]
+
+
+def _fast_chain(model, chain, probe: torch.Tensor, precision: str, device):
+    """(modules, input dtype, channels_last, autocast) to run ``chain`` as fast as is faithful."""
+    from .runtime import _only_conv_linear, fold_batchnorm
+
+    plain = [m for _, m in chain], torch.float32, False, precision == "bf16"
+    if torch.device(device).type != "cpu":
+        return plain
+    backbone = copy.deepcopy(model.backbone).eval()
+    if not fold_batchnorm(backbone):
+        return plain
+    fast = [backbone.get_submodule(name) for name, _ in chain]
+    with torch.inference_mode():  # folding must not change the function (fp32, before any bf16 rounding)
+        x = y = model.normalize(probe.to(device)).float()
+        for (_, m), f in zip(chain, fast):
+            x, y = m(x), f(y)
+    if not torch.allclose(x, y, rtol=1e-3, atol=1e-4 * max(1.0, float(x.abs().max()))):
+        return plain
+    bf16 = precision == "bf16" and _only_conv_linear(backbone)
+    if bf16:
+        backbone.to(torch.bfloat16)
+    backbone.to(memory_format=torch.channels_last)
+    return fast, torch.bfloat16 if bf16 else torch.float32, True, precision == "bf16" and not bf16
+
+
+def cached_stage_features(model, stages, pixels: torch.Tensor, *, preprocess, precision: str, device,
+                          weights_sha256: str | None = None) -> list[np.ndarray]:
+    """:func:`stage_features` through the on-disk feature cache (keyed like every cached feature:
+    weights, preprocessing, the stage list, precision and the pixels' hash), so ``plan`` followed by
+    ``train --strategy auto`` or a second ``plan`` -- and the fixed reference photos, every time --
+    pay for the pass once."""
+    from .backbones.base import tensors_sha256
+    from .features import feature_key, pixels_sha256
+    from .storage import atomic_path, cache_dir
+
+    key = feature_key(weights_sha256=weights_sha256 or tensors_sha256(model.backbone.state_dict()),
+                      preprocess=preprocess, layer="stages:" + "|".join(st.name for st in stages),
+                      precision=precision, data_sha256=pixels_sha256(pixels))
+    path = cache_dir("features") / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                feats = [z[f"stage{i}"] for i in range(len(stages))]
+            if all(len(f) == len(pixels) for f in feats):
+                return feats
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable entry: recompute and overwrite it
+    feats = stage_features(model, stages, pixels, precision=precision, device=device)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"stage{i}": a for i, a in enumerate(feats)})
+    return feats
 
 
 def stage_chain_ends(chain, stages) -> list[int]:
@@ -94,16 +155,13 @@ def _chain_names(names, params):
 
 def domain_distance(user: np.ndarray, reference: np.ndarray, seed: int = 0) -> float:
     """Proxy A-distance 2(1 - 2 err) of a cross-validated logistic-regression domain classifier."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     n = min(len(user), len(reference))
     rng = np.random.default_rng(seed)
     x = np.concatenate([user[rng.permutation(len(user))[:n]], reference[:n]])
     y = np.r_[np.zeros(n), np.ones(n)]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+    clf = T.l2_logistic(C=0.1, max_iter=2000)
     acc = cross_val_score(clf, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed)).mean()
     return float(max(0.0, 2.0 * (2.0 * acc - 1.0)))
 
@@ -140,11 +198,20 @@ class Plan:
                 "cut_stage": cut}
 
 
-def profile(model, stages, pixels, labels, *, precision: str, device, reference_pixels=None, seed: int = 0) -> list[StageProfile]:
-    feats = stage_features(model, stages, pixels, precision=precision, device=device)
-    ref = None
-    if reference_pixels is not None:
-        ref = stage_features(model, stages, reference_pixels, precision=precision, device=device)
+def profile(model, stages, pixels, labels, *, precision: str, device, reference_pixels=None, seed: int = 0,
+            preprocess=None) -> list[StageProfile]:
+    """Score every stage; with ``preprocess`` given, stage features go through the on-disk cache."""
+    from .backbones.base import tensors_sha256
+
+    def features(px):
+        if preprocess is None:
+            return stage_features(model, stages, px, precision=precision, device=device)
+        return cached_stage_features(model, stages, px, preprocess=preprocess, precision=precision, device=device,
+                                     weights_sha256=weights)
+
+    weights = tensors_sha256(model.backbone.state_dict()) if preprocess is not None else None
+    feats = features(pixels)
+    ref = features(reference_pixels) if reference_pixels is not None else None
     rows = []
     for i, (st, f) in enumerate(zip(stages, feats)):
         f64 = f.astype(np.float64)
@@ -266,5 +333,5 @@ def plan_for_data(examples, backbone, *, max_images: int = 600, precision: str =
         ref = None  # no scikit-image: plan without the similarity part
     prec = resolve_precision(precision, device)
     rows = profile(model, backbone.stages, decoded.pixels, labels, precision=prec, device=device,
-                   reference_pixels=ref, seed=seed)
+                   reference_pixels=ref, seed=seed, preprocess=backbone.preprocess)
     return rows, make_plan(rows, per_class, n_images=len(labels))

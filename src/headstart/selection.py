@@ -101,7 +101,7 @@ def _scores(f: np.ndarray, labels: np.ndarray, source_probs, rounds: int, seed: 
     """Every transferability score of features ``f``, with bootstrap uncertainty where it is cheap."""
     row: dict[str, Any] = {}
     row["logme"], row["logme_std"] = T.bootstrap(lambda i: T.logme(f[i], labels[i]), len(f), rounds, seed)
-    row["hscore"], row["hscore_std"] = T.bootstrap(lambda i: T.hscore(f[i], labels[i]), len(f), rounds, seed)
+    row["hscore"], row["hscore_std"] = T.bootstrap(lambda i: T.hscore(f[i], labels[i], shrinkage="auto"), len(f), rounds, seed)
     if source_probs is not None:
         probs = source_probs
         row["leep"], row["leep_std"] = T.bootstrap(lambda i: T.leep(probs[i], labels[i]), len(f), rounds, seed)
