@@ -27,6 +27,24 @@ def test_save_load_round_trip_predictions_equal(fitted, tiny_data):
     assert again.classes_ == clf.classes_ == ["bright", "dark"]
 
 
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 0.05)])
+def test_predict_on_the_fast_path_matches_the_plain_forward(fitted, tiny_data, precision, tol):
+    """predict_proba runs the backbone through the inference fast path (BatchNorm folded, channels_last,
+    bf16 weights for bf16); the probabilities equal the model's own fp32 forward within that precision."""
+    from headstart.data import as_examples, decode_all
+    from headstart.runtime import _EXTRACTORS
+
+    clf, _ = fitted
+    x, _ = tiny_data
+    clf.config = clf.config.replace(precision=precision)
+    probs = clf.predict_proba(x)
+    assert any(k[0] == precision for k in _EXTRACTORS[clf.model_])  # the extractor really ran
+    pixels = decode_all(as_examples(x), clf.preprocess_).pixels
+    with torch.no_grad():
+        ref = torch.softmax(clf.model_.eval()(pixels).float(), 1).numpy()
+    np.testing.assert_allclose(probs, ref, atol=tol)
+
+
 def test_run_directory_contents(fitted):
     clf, run = fitted
     meta = json.loads((run / "headstart.json").read_text())

@@ -20,7 +20,7 @@ from .data import stratified_split
 from .errors import DataError, HeadstartError
 from .model import TransferModel
 from .run import CHECKPOINT, METRICS, read_run, save_run
-from .runtime import default_device, inference_context, is_main_process, resolve_precision, to_fast_layout
+from .runtime import default_device, feature_extractor, is_main_process, resolve_precision
 
 log = logging.getLogger("headstart")
 
@@ -166,16 +166,19 @@ class TransferClassifier:
     def _predict_examples(self, ex: Examples, with_index: bool = False, batch_size: int = 64):
         self._check_fitted()
         model = self.model_.eval()
-        to_fast_layout(model)
         device = next(model.parameters()).device
         precision = resolve_precision(self.config.precision, device)
+        # The backbone runs on the inference fast path (BatchNorm folded, bf16 weights, channels_last;
+        # compiled for large inputs), the same features as training's cache; the head in fp32 after it.
+        extract = feature_extractor(model, precision=precision, device=device, n_images=len(ex))
         outs, kept, skipped = [], [], []
-        with inference_context(precision, device):
+        with torch.inference_mode():
             for part in iter_decoded(ex, self.preprocess_, batch_size=batch_size):
                 skipped += part.skipped
                 kept += part.index
                 if len(part.pixels):
-                    outs.append(torch.softmax(model(part.pixels.to(device)).float(), 1).cpu())
+                    logits = model.head(extract(part.pixels).to(device))
+                    outs.append(torch.softmax(logits.float(), 1).cpu())
         probs = torch.cat(outs).numpy() if outs else np.zeros((0, len(self.classes_)), dtype=np.float32)
         return (probs, skipped, kept) if with_index else (probs, skipped)
 
