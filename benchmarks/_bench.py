@@ -26,15 +26,15 @@ def load_model(num_classes: int = 10):
     return bb, model
 
 
-def weights_file() -> str:
-    """The local safetensors file (timm names) that headstart loads Lite0's ImageNet weights from."""
+def weights_file(arch: str = ARCH) -> str:
+    """The local safetensors file (timm names) that headstart loads ``arch``'s ImageNet weights from."""
     import timm
 
     from headstart.backbones.packaged import PACKAGED, packaged_state_dict
     from headstart.storage import cache_dir
 
-    packaged_state_dict(ARCH, timm.create_model(ARCH))  # make sure the converted file exists
-    return str(cache_dir("weights") / f"{ARCH}-{PACKAGED[ARCH].sha256[:12]}.safetensors")
+    packaged_state_dict(arch, timm.create_model(arch))  # make sure the converted file exists
+    return str(cache_dir("weights") / f"{arch}-{PACKAGED[arch].sha256[:12]}.safetensors")
 
 
 def fashion(split: str, n: int | None = None, per_class: int | None = None, seed: int = 0):
