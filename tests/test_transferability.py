@@ -178,3 +178,16 @@ def test_profile_and_auto_strategy_end_to_end(tiny_data, tmp_path):
     meta = json.loads((tmp_path / "run" / "headstart.json").read_text())
     assert meta["plan"]["strategy"] == meta["config"]["strategy"] == "linear-probe"
     assert load(tmp_path / "run").predict(x[:2]).shape == (2,)
+
+    # `headstart plan` on the same labelled data gives the very plan auto followed (same profile)
+    from dataclasses import asdict
+
+    from headstart.backbones import get_backbone
+    from headstart.data import as_examples
+    from headstart.planning import plan_for_data
+
+    bb = get_backbone("timm:test_efficientnet", pretrained=False)
+    bb.module.load_state_dict(clf.model_.backbone.state_dict())  # linear probe: the backbone did not move
+    rows, plan = plan_for_data(as_examples(x, y), bb, precision="fp32")
+    assert plan.to_dict() == clf.plan_.to_dict()
+    assert [asdict(r) for r in rows] == [asdict(r) for r in clf.profile_]

@@ -73,6 +73,11 @@ def test_stage_features_fast_path_matches_the_plain_chain_and_is_cached(monkeypa
             x = m(x)
             plain += [(x.mean((2, 3)) if x.dim() == 4 else x).numpy()] * ends.count(j)
     cpu = torch.device("cpu")
+    model.train()  # a fresh model is in train mode: profiling it must not touch BatchNorm statistics
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    planning.stage_features(model, bb.stages, px, precision="bf16", device=cpu)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.eval()
     _, dtype, channels_last, _ = planning._fast_chain(model, chain, px[:2], "bf16", cpu)
     assert dtype == torch.bfloat16 and channels_last  # the fast path really ran (folded, cast)
     fp32 = planning.stage_features(model, bb.stages, px, precision="fp32", device=cpu)

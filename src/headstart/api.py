@@ -69,6 +69,7 @@ class TransferClassifier:
         if train_ex.labels is None:
             raise DataError("Training needs labels: pass y, a class-per-folder directory, or a CSV with labels.")
         self.classes_ = class_list(train_ex.labels)
+        labelled = train_ex  # what `headstart plan` would profile: every labelled example
         if validation is not None:
             val_ex = as_examples(*validation) if isinstance(validation, tuple) else as_examples(validation)
         elif cfg.val_fraction > 0:
@@ -85,7 +86,10 @@ class TransferClassifier:
         if cfg.strategy == "auto":
             from .planning import plan_for_data
 
-            self.profile_, self.plan_ = plan_for_data(train_ex, backbone, precision=cfg.precision, seed=cfg.seed)
+            # Profiled on all labelled examples, not just the training split, so `train --strategy auto`
+            # follows exactly the plan `headstart plan DATA` printed (and reuses its cached stage features);
+            # the profile's scores are cross-validated, and the validation split only stops training.
+            self.profile_, self.plan_ = plan_for_data(labelled, backbone, precision=cfg.precision, seed=cfg.seed)
             cfg = cfg.replace(**self.plan_.config_changes(cfg))
             for reason in self.plan_.reasons:
                 log.info("plan: %s", reason)

@@ -62,9 +62,18 @@ def stage_features(model, stages, pixels: torch.Tensor, *, precision: str, devic
         raise HeadstartError("A layer-wise profile needs a backbone whose forward is a chain of stages "
                              "(CNNs such as EfficientNet, MobileNet, ResNet).")
     ends = stage_chain_ends(chain, stages)
-    modules, dtype, channels_last, autocast = _fast_chain(model, chain, pixels[:2], precision, device)
+    was_training = model.training
+    model.eval()  # before any forward: BatchNorm in train mode would update its running statistics
+    try:
+        modules, dtype, channels_last, autocast = _fast_chain(model, chain, pixels[:2], precision, device)
+        return _run_chain(model, modules, ends, pixels, dtype=dtype, channels_last=channels_last,
+                          autocast=autocast, device=device, batch_size=batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _run_chain(model, modules, ends, pixels, *, dtype, channels_last, autocast, device, batch_size):
     out: list[list[torch.Tensor]] = [[] for _ in ends]
-    model.eval()
     with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
         for i in range(0, len(pixels), batch_size):
             x = model.normalize(pixels[i:i + batch_size].to(device)).to(dtype)
