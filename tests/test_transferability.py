@@ -191,3 +191,7 @@ def test_profile_and_auto_strategy_end_to_end(tiny_data, tmp_path):
     rows, plan = plan_for_data(as_examples(x, y), bb, precision="fp32")
     assert plan.to_dict() == clf.plan_.to_dict()
     assert [asdict(r) for r in rows] == [asdict(r) for r in clf.profile_]
+    # and auto is exactly its plan run directly: profiling does not shift the random numbers training draws
+    plain = TransferClassifier("timm:test_efficientnet", strategy="linear-probe", pretrained=False, epochs=1,
+                               head_epochs=2, head_min_steps=0, precision="fp32", baselines=False).fit(x, y)
+    np.testing.assert_array_equal(plain.predict_proba(x), clf.predict_proba(x))

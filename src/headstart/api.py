@@ -78,7 +78,7 @@ class TransferClassifier:
         else:
             val_ex = None
 
-        from .train import TrainData, fit, seed_everything
+        from .train import TrainData, fit, preserved_rng, seed_everything
 
         seed_everything(cfg.seed)
         backbone = get_backbone(self.backbone, pretrained=self.pretrained,
@@ -89,7 +89,8 @@ class TransferClassifier:
             # Profiled on all labelled examples, not just the training split, so `train --strategy auto`
             # follows exactly the plan `headstart plan DATA` printed (and reuses its cached stage features);
             # the profile's scores are cross-validated, and the validation split only stops training.
-            self.profile_, self.plan_ = plan_for_data(labelled, backbone, precision=cfg.precision, seed=cfg.seed)
+            with preserved_rng():  # auto must train exactly as its plan run directly would
+                self.profile_, self.plan_ = plan_for_data(labelled, backbone, precision=cfg.precision, seed=cfg.seed)
             cfg = cfg.replace(**self.plan_.config_changes(cfg))
             for reason in self.plan_.reasons:
                 log.info("plan: %s", reason)

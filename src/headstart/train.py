@@ -5,6 +5,8 @@ Device, precision and distribution are Accelerate's job (``prepare`` / ``backwar
 """
 from __future__ import annotations
 
+import contextlib
+
 import copy
 import json
 import math
@@ -56,6 +58,21 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a block without moving the global random streams (python, numpy, torch CPU) training draws
+    from: measuring something before training (a profile, a baseline) must not change the model trained."""
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(states[0])
+    np.random.set_state(states[1])
 
 
 @dataclass
