@@ -13,7 +13,6 @@ The planner turns that into a strategy (rules documented in :func:`make_plan`).
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -89,13 +88,13 @@ def _run_chain(model, modules, ends, pixels, *, dtype, channels_last, autocast, 
 
 def _fast_chain(model, chain, probe: torch.Tensor, precision: str, device):
     """(modules, input dtype, channels_last, autocast) to run ``chain`` as fast as is faithful."""
-    from .runtime import _only_conv_linear, fold_batchnorm
+    from .runtime import cast_for_cpu, folded_copy
 
     plain = [m for _, m in chain], torch.float32, False, precision == "bf16"
     if torch.device(device).type != "cpu":
         return plain
-    backbone = copy.deepcopy(model.backbone).eval()
-    if not fold_batchnorm(backbone):
+    backbone, folded = folded_copy(model.backbone)
+    if not folded:
         return plain
     fast = [backbone.get_submodule(name) for name, _ in chain]
     with torch.inference_mode():  # folding must not change the function (fp32, before any bf16 rounding)
@@ -104,11 +103,8 @@ def _fast_chain(model, chain, probe: torch.Tensor, precision: str, device):
             x, y = m(x), f(y)
     if not torch.allclose(x, y, rtol=1e-3, atol=1e-4 * max(1.0, float(x.abs().max()))):
         return plain
-    bf16 = precision == "bf16" and _only_conv_linear(backbone)
-    if bf16:
-        backbone.to(torch.bfloat16)
-    backbone.to(memory_format=torch.channels_last)
-    return fast, torch.bfloat16 if bf16 else torch.float32, True, precision == "bf16" and not bf16
+    dtype, autocast, channels_last = cast_for_cpu(backbone, precision)
+    return fast, dtype, channels_last, autocast
 
 
 def cached_stage_features(model, stages, pixels: torch.Tensor, *, preprocess, precision: str, device,

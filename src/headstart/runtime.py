@@ -172,6 +172,27 @@ def fold_batchnorm(module: nn.Module) -> int:
     return folded
 
 
+def folded_copy(backbone: nn.Module) -> tuple[nn.Module, int]:
+    """A private, frozen eval copy of ``backbone`` with its BatchNorms folded, and how many were folded."""
+    backbone = copy.deepcopy(backbone).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone, fold_batchnorm(backbone)
+
+
+def cast_for_cpu(backbone: nn.Module, precision: str) -> tuple[torch.dtype, bool, bool]:
+    """In place: bf16 weights when ``precision="bf16"`` and every weighted layer is a conv or linear
+    layer, channels_last when there are convolutions. Returns (input dtype, autocast needed, channels_last)."""
+    dtype = torch.float32
+    if precision == "bf16" and _only_conv_linear(backbone):
+        dtype = torch.bfloat16
+        backbone.to(torch.bfloat16)
+    cl = any(isinstance(m, nn.Conv2d) for m in backbone.modules())
+    if cl:
+        backbone.to(memory_format=torch.channels_last)
+    return dtype, precision == "bf16" and dtype != torch.bfloat16, cl
+
+
 class _Prepared(nn.Module):
     """uint8 (or float in [0, 1]) NCHW → float32 features: normalise, cast, channels_last, backbone."""
 
@@ -230,19 +251,10 @@ class FeatureExtractor:
             to_fast_layout(model)
             self.module, self.batch_size, self.parts = model.features, 64, ["model.features", "channels_last"]
         else:
-            backbone = copy.deepcopy(model.backbone).eval()
-            for p in backbone.parameters():
-                p.requires_grad_(False)
-            folded = fold_batchnorm(backbone)
+            backbone, folded = folded_copy(model.backbone)
             # Checked on the first batch, in fp32, before any bf16 rounding (see _check_fold).
             self._fp32_folded = copy.deepcopy(backbone) if folded else None
-            dtype = torch.float32
-            if precision == "bf16" and _only_conv_linear(backbone):
-                dtype, self.autocast = torch.bfloat16, False
-                backbone.to(torch.bfloat16)
-            cl = any(isinstance(m, nn.Conv2d) for m in backbone.modules())
-            if cl:
-                backbone.to(memory_format=torch.channels_last)
+            dtype, self.autocast, cl = cast_for_cpu(backbone, precision)
             self.module = _Prepared(backbone, model.mean, model.std, dtype, cl).eval()
             self._checked = folded == 0
             self.parts = [f"{folded} BatchNorm folded" if folded else "no BatchNorm folded",

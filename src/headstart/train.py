@@ -6,7 +6,6 @@ Device, precision and distribution are Accelerate's job (``prepare`` / ``backwar
 from __future__ import annotations
 
 import contextlib
-
 import copy
 import json
 import math
