@@ -18,8 +18,8 @@ ARCH = "tf_efficientnet_lite0"
 
 def load_model(num_classes: int = 10):
     """(backbone, TransferModel) for the real pretrained Lite0, loaded offline like headstart does."""
-    from headstart.backbones import get_backbone
-    from headstart.model import TransferModel
+    from headstart.encoders import get_backbone
+    from headstart.encoders.model import TransferModel
 
     bb = get_backbone(BACKBONE)
     model = TransferModel(bb.module, bb.num_features, num_classes, bb.preprocess, stages=bb.stages)
@@ -30,7 +30,7 @@ def weights_file(arch: str = ARCH) -> str:
     """The local safetensors file (timm names) that headstart loads ``arch``'s ImageNet weights from."""
     import timm
 
-    from headstart.backbones.packaged import PACKAGED, packaged_state_dict
+    from headstart.encoders.packaged import PACKAGED, packaged_state_dict
     from headstart.storage import cache_dir
 
     packaged_state_dict(arch, timm.create_model(arch))  # make sure the converted file exists
@@ -39,7 +39,7 @@ def weights_file(arch: str = ARCH) -> str:
 
 def fashion(split: str, n: int | None = None, per_class: int | None = None, seed: int = 0):
     """(uint8 images (N, 28, 28), int64 labels) of Fashion-MNIST: the first ``n`` or ``per_class`` each."""
-    from headstart.datasets import fashion_mnist, per_class_subset
+    from headstart.data.datasets import fashion_mnist, per_class_subset
 
     x, y = fashion_mnist(split)
     if per_class:
@@ -80,7 +80,7 @@ def median(xs) -> float:
 
 
 def fast_precision() -> str:
-    from headstart.runtime import resolve_precision
+    from headstart.device import resolve_precision
 
     return resolve_precision("auto")  # "bf16" where the CPU has native bf16, else "fp32"
 

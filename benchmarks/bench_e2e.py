@@ -33,14 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench as B
 import timm
 import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
-import _bench as B
-
 
 CANDIDATES = ["timm:tf_efficientnet_lite0", "timm:tf_efficientnet_lite1", "timm:tf_efficientnet_lite2"]
 
@@ -48,7 +46,7 @@ CANDIDATES = ["timm:tf_efficientnet_lite0", "timm:tf_efficientnet_lite1", "timm:
 def run_headstart(x_tr, y_tr, x_te, y_te, args):
     """Returns (seconds, test accuracy, backbone, rank seconds)."""
     from headstart import TransferClassifier
-    from headstart.selection import rank
+    from headstart.assess.rank import rank
     from headstart.storage import cache_dir
 
     with tempfile.TemporaryDirectory() as tmp:  # cold feature cache, but no re-conversion of the weights

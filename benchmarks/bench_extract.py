@@ -40,13 +40,13 @@ import subprocess
 import tempfile
 import time
 
+import _bench as B
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import _bench as B
-from headstart.features import compute_features
-from headstart.runtime import feature_extractor
+from headstart.features.cache import compute_features
+from headstart.features.fastpath import feature_extractor
 
 
 def naive_features(net, pixels, mean, std, batch_size=32):

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+import _bench as B
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import _bench as B
-from headstart.features import compute_features
+from headstart.features.cache import compute_features
 
 
 def train_epoch(head, opt, inputs, labels, batch_size, gen, features=None) -> float:

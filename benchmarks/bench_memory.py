@@ -39,7 +39,7 @@ def child(n: int) -> None:
     import torch
 
     from headstart.data import as_examples
-    from headstart.features import extract_to_disk
+    from headstart.features.cache import extract_to_disk
 
     x, _ = B.fashion("train", n=n)
     ex = as_examples(x)

@@ -35,12 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import _bench as B
 import numpy as np
 import torch
 
-import _bench as B
 from headstart.data import as_examples, augment, iter_decoded
-from headstart.features import compute_features, extract_to_disk
+from headstart.features.cache import compute_features, extract_to_disk
 
 
 def write_jpegs(folder: Path, n: int, seed: int = 0) -> list[str]:
@@ -95,7 +95,7 @@ def streamed(model, ex, preprocess, precision, prefetch) -> dict:
 
 def train_rates(model, pixels, steps: int, batch_size: int = 32) -> tuple[float, float]:
     """(training img/s of fine-tune steps, augmentation img/s) on already-decoded pixels."""
-    from headstart.runtime import to_fast_layout
+    from headstart.device import to_fast_layout
 
     model.train()
     to_fast_layout(model)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import _bench as B
+
 from headstart import TransferClassifier
 
 
@@ -33,8 +34,9 @@ def prefix_cut(freeze: int) -> str:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from headstart.prefix import sequential_chain, split_for_prefix_cache
-    from headstart.strategies import apply_freeze
+    from headstart.encoders.chain import sequential_chain
+    from headstart.features.prefix import split_for_prefix_cache
+    from headstart.train.strategies import apply_freeze
 
     bb, model = B.load_model()
     apply_freeze(model, bb.stages, freeze)

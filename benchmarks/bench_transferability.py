@@ -68,10 +68,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import _bench as B
 import numpy as np
 import torch
-
-import _bench as B
 
 BACKBONES = ["timm:tf_efficientnet_lite0", "timm:tf_efficientnet_lite1", "timm:tf_efficientnet_lite2"]
 SCORES = ["logme", "leep", "nce", "hscore", "knn_acc", "linear_acc"]
@@ -101,7 +100,7 @@ def short(spec: str) -> str:
 
 def split_pool_test(x, y, test_per_class: int, seed: int = 1):
     """Hold out ``test_per_class`` images of every class (seeded); the rest is the labelled pool."""
-    from headstart.datasets import per_class_subset
+    from headstart.data.datasets import per_class_subset
 
     test = per_class_subset(y, test_per_class, seed=seed)
     pool = np.setdiff1d(np.arange(len(y)), test)
@@ -109,7 +108,7 @@ def split_pool_test(x, y, test_per_class: int, seed: int = 1):
 
 
 def load_fashion(test_per_class: int):
-    from headstart.datasets import fashion_mnist, per_class_subset
+    from headstart.data.datasets import fashion_mnist, per_class_subset
 
     x, y = fashion_mnist("train")
     xt, yt = fashion_mnist("test")
@@ -236,8 +235,8 @@ def lp_test_accuracy(clf, x_te, y_te) -> tuple[float, float]:
     """Accuracy of a fitted linear probe on the test set through the pretrained test features (cached on
     disk, shared by both budgets), and the agreement with ``clf.predict_proba`` on 16 test images."""
     from headstart.data import as_examples, decode_all
-    from headstart.features import cached_features
-    from headstart.runtime import resolve_precision
+    from headstart.device import resolve_precision
+    from headstart.features.cache import cached_features
 
     model = clf.model_.eval()
     device = next(model.parameters()).device
@@ -278,11 +277,11 @@ def fit_and_score(spec, strategy, x, y, x_te, y_te, opts, **extra) -> dict:
 
 # ----------------------------------------------------------------------------------------- one setting
 def run_setting(name, budget, pool_x, pool_y, x_te, y_te, args) -> dict:
-    from headstart.backbones import get_backbone
+    from headstart.assess.plan import plan_for_data
+    from headstart.assess.rank import rank, recommendation
     from headstart.data import as_examples
-    from headstart.datasets import per_class_subset
-    from headstart.planning import plan_for_data
-    from headstart.selection import rank, recommendation
+    from headstart.data.datasets import per_class_subset
+    from headstart.encoders import get_backbone
 
     idx = per_class_subset(pool_y, budget, seed=0)
     x, y = pool_x[idx], pool_y[idx]
@@ -517,8 +516,8 @@ def main():
     wall0 = time.perf_counter()
     print(B.machine(), flush=True)
 
-    from headstart.backbones import get_backbone
-    from headstart.selection import rank
+    from headstart.assess.rank import rank
+    from headstart.encoders import get_backbone
     from headstart.storage import cache_dir
 
     # Data (outside the fresh cache: MNIST is fetched once into the real headstart cache).
@@ -544,7 +543,7 @@ def main():
         os.environ["HEADSTART_CACHE"] = tmp  # cold feature cache: ranking and fine-tuning pay their real cost
         # warm-up (imports, first forward of each backbone): not timed anywhere
         wx, wy, _, _ = data["digits"] if "digits" in data else next(iter(data.values()))
-        from headstart.datasets import per_class_subset
+        from headstart.data.datasets import per_class_subset
 
         w = per_class_subset(wy, 2, seed=9)
         if todo:

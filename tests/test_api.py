@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, make_images
+
 from headstart import TransferClassifier, load
 from headstart.errors import DataError, HeadstartError
 
@@ -32,7 +32,7 @@ def test_predict_on_the_fast_path_matches_the_plain_forward(fitted, tiny_data, p
     """predict_proba runs the backbone through the inference fast path (BatchNorm folded, channels_last,
     bf16 weights for bf16); the probabilities equal the model's own fp32 forward within that precision."""
     from headstart.data import as_examples, decode_all
-    from headstart.runtime import _EXTRACTORS
+    from headstart.features.fastpath import _EXTRACTORS
 
     clf, _ = fitted
     x, _ = tiny_data
@@ -129,10 +129,10 @@ def test_unwritable_output_fails_before_training(tiny_data, tmp_path):
 
 
 def test_bf16_features_match_fp32():
-    from headstart.backbones import get_backbone
-    from headstart.features import compute_features
-    from headstart.model import TransferModel
-    from headstart.runtime import cpu_has_fast_bf16
+    from headstart.device import cpu_has_fast_bf16
+    from headstart.encoders import get_backbone
+    from headstart.encoders.model import TransferModel
+    from headstart.features.cache import compute_features
 
     if not cpu_has_fast_bf16():
         pytest.skip("no bf16 on this CPU")
@@ -153,10 +153,10 @@ def test_bf16_features_match_fp32():
 
 
 def test_feature_cache_hits_and_invalidates(tiny_data):
-    from headstart.backbones import get_backbone
     from headstart.data import as_examples, decode_all
-    from headstart.features import cached_features
-    from headstart.model import TransferModel
+    from headstart.encoders import get_backbone
+    from headstart.encoders.model import TransferModel
+    from headstart.features.cache import cached_features
 
     bb = get_backbone(TINY, pretrained=False)
     model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages)

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from headstart.backbones import get_backbone, list_backbones
-from headstart.backbones.base import PreprocessConfig, tensors_sha256
+from headstart.data.preprocess import PreprocessConfig
+from headstart.encoders import get_backbone, list_backbones
+from headstart.encoders.base import tensors_sha256
 from headstart.errors import BackboneError
 from headstart.storage import save_safetensors
 
@@ -67,7 +68,7 @@ def test_tampered_weight_cache_is_rebuilt_not_used():
 
 
 def test_tampered_package_file_is_refused(tmp_path, monkeypatch):
-    from headstart.backbones import packaged
+    from headstart.encoders import packaged
 
     bad = tmp_path / "evil.pth"
     torch.save({"x": torch.zeros(1)}, bad)

@@ -20,11 +20,19 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, make_images, write_folder
 from PIL import Image
 
-from conftest import TINY, make_images, write_folder
-from headstart.backbones.base import PreprocessConfig
-from headstart.data import BadImage, Examples, as_examples, check_duplicates, decode_all, load_image, preprocess
+from headstart.data import (
+    BadImage,
+    Examples,
+    as_examples,
+    check_duplicates,
+    decode_all,
+    load_image,
+    preprocess,
+)
+from headstart.data.preprocess import PreprocessConfig
 from headstart.errors import DataError
 
 S = 32

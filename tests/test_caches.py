@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY
+
 from headstart import TransferClassifier
-from headstart.backbones import get_backbone
-from headstart.prefix import frozen_cut, sequential_chain
+from headstart.encoders import get_backbone
+from headstart.encoders.chain import sequential_chain
+from headstart.features.prefix import frozen_cut
 
 
 def _fit(tiny_data, use_cache, **kw):
@@ -54,8 +55,8 @@ def test_vit_has_no_chain_and_still_trains(tiny_data):
 
 def test_streamed_extraction_matches_in_memory_and_is_reused(tiny_data, tmp_path):
     from headstart.data import as_examples, decode_all
-    from headstart.features import compute_features, extract_to_disk
-    from headstart.model import TransferModel
+    from headstart.encoders.model import TransferModel
+    from headstart.features.cache import compute_features, extract_to_disk
 
     bb = get_backbone(TINY, pretrained=False)
     model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages)

@@ -1,11 +1,19 @@
 import numpy as np
 import pytest
 import torch
+from conftest import make_images, write_folder
 from PIL import Image
 
-from conftest import make_images, write_folder
-from headstart.backbones.base import PreprocessConfig
-from headstart.data import as_examples, class_list, decode_all, encode_labels, load_image, preprocess, stratified_split
+from headstart.data import (
+    as_examples,
+    class_list,
+    decode_all,
+    encode_labels,
+    load_image,
+    preprocess,
+    stratified_split,
+)
+from headstart.data.preprocess import PreprocessConfig
 from headstart.data.sources import check_duplicates, from_csv
 from headstart.errors import DataError
 

@@ -2,13 +2,18 @@
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from torch import nn
 
-from conftest import TINY
-from headstart.backbones import get_backbone
-from headstart.features import _prefetched, compute_features
-from headstart.model import TransferModel
-from headstart.runtime import FeatureExtractor, cpu_has_fast_bf16, feature_extractor, fold_batchnorm
+from headstart.device import cpu_has_fast_bf16
+from headstart.encoders import get_backbone
+from headstart.encoders.model import TransferModel
+from headstart.features.cache import _prefetched, compute_features
+from headstart.features.fastpath import (
+    FeatureExtractor,
+    feature_extractor,
+    fold_batchnorm,
+)
 
 CPU = torch.device("cpu")
 
@@ -119,7 +124,7 @@ def test_disagreeing_fold_falls_back_to_the_original():
 
     net = Liar().eval()
     _randomise_bn(net)
-    from headstart.backbones.base import PreprocessConfig
+    from headstart.data.preprocess import PreprocessConfig
 
     model = TransferModel(net, 3, 2, PreprocessConfig(input_size=8)).eval()
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
@@ -172,7 +177,7 @@ def test_streamed_extraction_with_and_without_prefetch_agree(tiny_data):
     bb, model = _model(TINY, pretrained=False)
     ex = as_examples(*tiny_data)
     kw = dict(preprocess=bb.preprocess, precision="fp32", device=CPU, batch_size=5, use_cache=False)
-    from headstart.features import extract_to_disk
+    from headstart.features.cache import extract_to_disk
 
     stats = {}
     a, ia, _ = extract_to_disk(model, ex, prefetch=2, stats=stats, **kw)

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from headstart.backbones.base import PreprocessConfig
 from headstart.data import BadImage, load_image, preprocess
+from headstart.data.preprocess import PreprocessConfig
 from headstart.data.sources import from_csv
 from headstart.errors import HeadstartError
 

@@ -8,7 +8,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def lite0():
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     return get_backbone("timm:tf_efficientnet_lite0")
 
@@ -19,7 +19,7 @@ def test_imagenet_predictions_through_our_pipeline(lite0, photo, classes):
     import skimage.data
 
     from headstart.data import load_image, preprocess
-    from headstart.model import TransferModel
+    from headstart.encoders.model import TransferModel
 
     model = TransferModel(lite0.module, lite0.num_features, 2, lite0.preprocess, stages=lite0.stages).eval()
     x = preprocess(load_image(getattr(skimage.data, photo)()), lite0.preprocess).unsqueeze(0)
@@ -32,7 +32,7 @@ def test_short_real_fine_tune_beats_raw_pixel_logistic_regression(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     from headstart import TransferClassifier, load
-    from headstart.datasets import fashion_mnist, per_class_subset
+    from headstart.data.datasets import fashion_mnist, per_class_subset
 
     x, y = fashion_mnist("train")
     xt, yt = fashion_mnist("test")
@@ -64,7 +64,12 @@ def test_demo_command_runs_end_to_end(tmp_path):
 @pytest.fixture(scope="module")
 def fashion_folder(tmp_path_factory):
     from conftest import write_folder
-    from headstart.datasets import FASHION_MNIST_CLASSES, fashion_mnist, per_class_subset
+
+    from headstart.data.datasets import (
+        FASHION_MNIST_CLASSES,
+        fashion_mnist,
+        per_class_subset,
+    )
 
     x, y = fashion_mnist("train")
     idx = per_class_subset(y, 8, seed=1)[:40]  # 8 images of each of the first 5 classes

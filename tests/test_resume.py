@@ -7,9 +7,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import TINY, make_images, write_folder
+from safetensors.torch import load_file
 
 ARGS = ["--backbone", TINY, "--random-init", "--strategy", "two-stage", "--freeze-stages", "2",
         "--epochs", "8", "--head-epochs", "3", "--head-min-steps", "0", "--batch-size", "8", "--precision", "fp32", "--seed", "7",
@@ -27,7 +26,7 @@ def folder(tmp_path_factory):
 
 
 def _wait_for_checkpoint(path, proc, phase_index, timeout=120):
-    from headstart.train import load_checkpoint
+    from headstart.train.loop import load_checkpoint
 
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -85,7 +84,7 @@ def test_kill_9_then_resume_equals_unbroken_run(folder, reference, tmp_path, pha
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     from headstart.storage import atomic_path
-    from headstart.train import load_checkpoint
+    from headstart.train.loop import load_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     with atomic_path(path) as tmp:

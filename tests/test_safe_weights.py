@@ -12,7 +12,7 @@ from typing import Callable
 import pytest
 import torch
 
-from headstart.backbones import get_backbone
+from headstart.encoders import get_backbone
 from headstart.errors import HeadstartError, UnsafeWeightsError
 from headstart.storage import load_weights, save_safetensors
 

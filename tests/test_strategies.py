@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY
+
 from headstart import TrainConfig, TransferClassifier
-from headstart.backbones import get_backbone
-from headstart.model import TransferModel
-from headstart.strategies import apply_freeze, param_groups, plan_phases
+from headstart.encoders import get_backbone
+from headstart.encoders.model import TransferModel
+from headstart.train.strategies import apply_freeze, param_groups, plan_phases
 
 
 def _fit(tiny_data, strategy, **kw):
@@ -31,7 +31,7 @@ def _fit_and_diff(tiny_data, strategy, **kw):
     torch.manual_seed(123)
     bb = get_backbone(TINY, pretrained=False)
     before = {("backbone." + k): v.clone() for k, v in bb.module.state_dict().items()}
-    import headstart.api as api
+    import headstart.estimator as api
 
     orig = api.get_backbone
     api.get_backbone = lambda *a, **k: bb

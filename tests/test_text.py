@@ -62,7 +62,7 @@ def glove_txt(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- hf: backbones
 def test_hf_local_dir_stages_and_packed_inputs(tiny_bert):
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     bb = get_backbone(f"hf:{tiny_bert}")
     assert bb.modality == "text" and bb.num_features == 32
@@ -79,7 +79,7 @@ def test_hf_local_dir_stages_and_packed_inputs(tiny_bert):
 def test_sentence_transformers_pooling_config_is_respected(tiny_bert, tmp_path):
     import shutil
 
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     d = tmp_path / "st"
     shutil.copytree(tiny_bert, d)
@@ -102,9 +102,8 @@ def test_sentence_transformers_pooling_config_is_respected(tiny_bert, tmp_path):
 @pytest.mark.parametrize("strategy", ["linear-probe", "partial", "full", "two-stage"])
 def test_hf_strategies_train_the_right_layers_and_reload_equal(tiny_bert, tmp_path, strategy):
     from headstart import TransferClassifier, load
+    from headstart.encoders import get_backbone
     from headstart.text import TextClassifier
-
-    from headstart.backbones import get_backbone
 
     texts, labels = corpus()
     before = {n: p.detach().clone() for n, p in get_backbone(f"hf:{tiny_bert}").module.named_parameters()}
@@ -142,8 +141,8 @@ def test_feature_cache_gives_the_same_predictions_as_no_cache(tiny_bert):
 
 
 def test_length_sorted_batches_cut_padding_and_keep_order(tiny_bert):
-    from headstart.backbones import get_backbone
-    from headstart.text.encoders import padding_waste, sort_by_length, tokenize
+    from headstart.encoders import get_backbone
+    from headstart.encoders.text import padding_waste, sort_by_length, tokenize
     from headstart.text import TextClassifier
 
     rng = np.random.default_rng(0)
@@ -179,7 +178,7 @@ def _write_formats(glove_txt, tmp_path):
 
 
 def test_every_vector_format_reads_the_same_table(glove_txt, tmp_path):
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     words, matrix, paths = _write_formats(glove_txt, tmp_path)
     ref = get_backbone(f"vectors:{glove_txt}")
@@ -193,7 +192,7 @@ def test_every_vector_format_reads_the_same_table(glove_txt, tmp_path):
 def test_bag_of_vectors_mean_tfidf_and_tokenizer(glove_txt):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     bb = get_backbone(f"vectors:{glove_txt}")
     assert bb.tokenizer.tokens("I don't like it's plot!") == ["i", "do", "n't", "like", "it", "'s", "plot", "!"]
@@ -219,7 +218,7 @@ def test_vectors_linear_probe_and_fine_tuned_table_reload_equal(glove_txt, tmp_p
     probe = TransferClassifier(f"vectors:{glove_txt}", strategy="linear-probe", head_min_steps=200, lr=1e-2,
                                baselines=False).fit(texts, labels, out=tmp_path / "lp")
     assert probe.score(["loved it , a delight", "hated it , a bore"], ["pos", "neg"]) == 1.0
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     full = TransferClassifier(f"vectors:{glove_txt}", strategy="full", epochs=3, lr=1e-2, baselines=False,
                               pooling="tfidf").fit(texts, labels, out=tmp_path / "full")
@@ -311,7 +310,7 @@ def test_cli_text_errors_are_one_clean_line(glove_txt, tmp_path, args, message):
 
 
 def test_vectors_errors_name_the_fix(tmp_path):
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
     from headstart.errors import BackboneError
 
     np.save(tmp_path / "lonely.npy", np.zeros((3, 4), dtype=np.float32))
@@ -329,8 +328,8 @@ def test_vectors_errors_name_the_fix(tmp_path):
 def test_minilm_matches_sentence_transformers_offline():
     from sentence_transformers import SentenceTransformer
 
-    from headstart.backbones import get_backbone
-    from headstart.backbones.hf_source import PACKAGED_TEXT
+    from headstart.encoders import get_backbone
+    from headstart.encoders.hf_source import PACKAGED_TEXT
 
     bb = get_backbone("hf:all-minilm-l6-v2")
     assert (bb.preprocess.pooling, bb.preprocess.normalize, bb.preprocess.max_length) == ("mean", True, 256)
@@ -345,7 +344,7 @@ def test_minilm_matches_sentence_transformers_offline():
 
 @pytest.mark.integration
 def test_glove_packaged_vectors_cover_english():
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     bb = get_backbone("vectors:glove-6b-50d")
     assert bb.num_features == 50 and bb.preprocess.lowercase
@@ -399,7 +398,7 @@ def test_interrupted_text_run_resumes_to_the_unbroken_weights(tiny_bert, tmp_pat
 def test_rank_text_backbones_and_list_them(glove_txt, tiny_bert, tmp_path):
     import pandas as pd
 
-    from headstart.selection import rank
+    from headstart.assess.rank import rank
 
     texts, labels = corpus()
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "d.csv", index=False)
@@ -414,7 +413,7 @@ def test_rank_text_backbones_and_list_them(glove_txt, tiny_bert, tmp_path):
 
 
 def test_unreachable_hub_model_error_names_the_offline_ways(monkeypatch):
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
     from headstart.errors import BackboneError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

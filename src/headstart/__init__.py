@@ -10,19 +10,19 @@ __all__ = ["TransferClassifier", "TrainConfig", "load", "get_backbone", "list_ba
 
 def __getattr__(name: str):
     if name in ("TransferClassifier", "load"):
-        from . import api
+        from headstart import estimator as api
 
         return getattr(api, name)
     if name == "TrainConfig":
-        from .config import TrainConfig
+        from headstart.config import TrainConfig
 
         return TrainConfig
     if name in ("get_backbone", "list_backbones"):
-        from . import backbones
+        from headstart import encoders as backbones
 
         return getattr(backbones, name)
     if name == "HeadstartError":
-        from .errors import HeadstartError
+        from headstart.errors import HeadstartError
 
         return HeadstartError
     raise AttributeError(f"module 'headstart' has no attribute {name!r}")

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import HeadstartError, check_choice
+from headstart.errors import HeadstartError, check_choice
 
 STRATEGIES = ("linear-probe", "partial", "full", "two-stage", "auto")  # auto: measured plan, see planning.py
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -97,7 +97,7 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            from .errors import did_you_mean
+            from headstart.errors import did_you_mean
 
             raise HeadstartError(f"Unknown training option {unknown[0]!r}." + did_you_mean(unknown[0], names))
         return cls(**d)

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import HeadstartError, UnsafeWeightsError
+from headstart.errors import HeadstartError, UnsafeWeightsError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 

@@ -13,9 +13,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..backbones.base import PreprocessConfig
-from ..errors import DataError
-from .sources import Examples
+from headstart.data.preprocess import PreprocessConfig
+from headstart.data.sources import Examples
+from headstart.errors import DataError
 
 # Refuse images whose header claims more pixels than this (decompression bombs); ~ 16k x 10k.
 MAX_PIXELS = 178_956_970

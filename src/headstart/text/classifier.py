@@ -15,16 +15,27 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..api import TransferClassifier, _backbone_info, prepare_out, run_paths
-from ..backbones import get_backbone
-from ..config import TrainConfig
-from ..data import class_list, encode_labels, stratified_split
-from ..errors import DataError, HeadstartError
-from ..model import TransferModel
-from ..run import read_run, save_run
-from ..runtime import default_device, inference_context, is_main_process, resolve_precision
-from .data import TextExamples, load_texts
-from .encoders import TextPreprocess, sort_by_length, tokenize
+from headstart.config import TrainConfig
+from headstart.data import class_list, encode_labels, stratified_split
+from headstart.data.preprocess import TextPreprocess
+from headstart.data.texts import TextExamples, load_texts
+from headstart.device import (
+    default_device,
+    inference_context,
+    is_main_process,
+    resolve_precision,
+)
+from headstart.encoders import get_backbone
+from headstart.encoders.model import TransferModel
+from headstart.encoders.text import sort_by_length, tokenize
+from headstart.errors import DataError, HeadstartError
+from headstart.estimator import (
+    TransferClassifier,
+    _backbone_info,
+    prepare_out,
+    run_paths,
+)
+from headstart.io.run import read_run, save_run
 
 log = logging.getLogger("headstart")
 TEXT_FILES = "text"  # run subdirectory: tokenizer + encoder config, or the word list
@@ -66,7 +77,7 @@ class TextClassifier(TransferClassifier):
             log.warning("%s", train_ex.skipped_summary() if validation is None else
                         f"skipped {len(self.skipped_)} unusable rows (see headstart.json)")
 
-        from ..train import TrainData, fit, seed_everything
+        from headstart.train.loop import TrainData, fit, seed_everything
 
         seed_everything(cfg.seed)
         backbone = get_backbone(self.backbone, pooling=self.pooling, max_length=self.max_length)
@@ -95,7 +106,7 @@ class TextClassifier(TransferClassifier):
         if hasattr(self.tokenizer_, "coverage"):
             self.data_info_["vocabulary_coverage"] = round(self.tokenizer_.coverage(train_ex.texts), 4)
         if cfg.baselines and val_ex is not None:  # what transfer bought: a no-pretraining model, same split
-            from .baseline import text_baselines
+            from headstart.assess.text_baseline import text_baselines
 
             self.baselines_ = text_baselines(self, train_ex, val_ex)
             for w in self.baselines_["warnings"]:
@@ -167,7 +178,7 @@ class TextClassifier(TransferClassifier):
 
     def evaluate(self, X, y: Sequence | None = None) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
-        from ..evaluate import classification_metrics
+        from headstart.assess.metrics import classification_metrics
 
         ex = self._load(X, y, labelled=True)
         truth = encode_labels(_aligned(ex.labels, self.classes_), self.classes_)
@@ -208,9 +219,9 @@ def _aligned(labels: Sequence, classes: Sequence) -> list:
 
 def load_text_run(directory: str | Path, meta: dict | None = None, state: dict | None = None) -> TextClassifier:
     """Rebuild a saved text run offline: encoder, tokenizer, head, classes."""
-    from ..backbones.hf_source import empty_hf
-    from ..backbones.vectors_source import empty_vectors
-    from .encoders import transformer_stages
+    from headstart.encoders.hf_source import empty_hf
+    from headstart.encoders.text import transformer_stages
+    from headstart.encoders.vectors_source import empty_vectors
 
     directory = Path(directory)
     if meta is None or state is None:
@@ -226,7 +237,7 @@ def load_text_run(directory: str | Path, meta: dict | None = None, state: dict |
         stages = transformer_stages(module)
     else:
         module, tokenizer = empty_vectors(files, preprocess, state)
-        from ..backbones.base import Stage
+        from headstart.encoders.base import Stage
 
         stages = [Stage("embeddings", ("embeddings.weight",))]
     model = TransferModel(module, info["num_features"], len(meta["classes"]), preprocess, stages=stages,

@@ -1,0 +1,211 @@
+"""Text backbones as plain modules: a Hugging Face encoder with pooling, and a bag of word vectors.
+
+Both take one int64 tensor ``(B, 2, L)``: row 0 the token ids, row 1 the attention mask (1 = real
+token). Packing ids and mask into one tensor lets the image training loop, the feature cache and the
+checkpoints handle text unchanged. Each batch is trimmed to its longest real sequence first, so
+padding costs nothing once batches are grouped by length (see :func:`sort_by_length`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headstart.encoders.base import Stage
+from headstart.errors import BackboneError
+
+POOLINGS = ("mean", "cls", "max", "tfidf")
+
+
+def trim(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of a packed batch, cut to the longest real sequence in it."""
+    x = x.long()
+    ids, mask = x[:, 0], x[:, 1]
+    longest = max(int(mask.sum(1).max()), 1) if len(x) else 1
+    return ids[:, :longest], mask[:, :longest]
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Sentence embedding from token states (B, L, D) — as sentence-transformers' Pooling module does."""
+    if how == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if how == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class HFEncoder(nn.Module):
+    """A Hugging Face encoder (``AutoModel``) followed by pooling: (B, 2, L) → (B, hidden)."""
+
+    def __init__(self, model: nn.Module, pooling: str = "mean", normalize: bool = False):
+        super().__init__()
+        if pooling not in ("mean", "cls", "max"):
+            raise BackboneError(f"pooling {pooling!r} is not available for hf: backbones; use mean, cls or max.")
+        self.model = model
+        self.pooling = pooling
+        self.normalize = normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, mask = trim(x)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = pool(hidden, mask, self.pooling)
+        return F.normalize(out.float(), dim=-1) if self.normalize else out
+
+
+class BagOfVectors(nn.Module):
+    """Word vectors averaged over a text (mean, or tf-idf weighted): (B, 2, L) → (B, dim).
+
+    Index 0 is padding and unknown words (mask 0), so they never count. ``idf`` is a buffer fitted on
+    the training texts (:meth:`fit_idf`) and saved with the weights; it stays 1 for plain means.
+    """
+
+    def __init__(self, num_words: int, dim: int, pooling: str = "mean"):
+        super().__init__()
+        if pooling not in ("mean", "tfidf"):
+            raise BackboneError(f"pooling {pooling!r} is not available for vectors: backbones; use mean or tfidf.")
+        self.embeddings = nn.Embedding(num_words, dim, padding_idx=0)
+        self.register_buffer("idf", torch.ones(num_words))
+        self.pooling = pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, mask = trim(x)
+        weights = mask.float() * self.idf[ids]
+        vectors = self.embeddings(ids)
+        return (vectors * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1e-6)
+
+    @torch.no_grad()
+    def fit_idf(self, x: torch.Tensor) -> None:
+        """Smoothed idf of each word over the training texts (scikit-learn's formula)."""
+        if self.pooling != "tfidf":
+            return
+        ids, mask = trim(x)
+        df = torch.zeros_like(self.idf)
+        for row, m in zip(ids, mask):  # each word counts once per text
+            df[row[m.bool()].unique()] += 1
+        self.idf.copy_(torch.log((1 + len(ids)) / (1 + df)) + 1)
+
+
+def transformer_stages(encoder: HFEncoder) -> list[Stage]:
+    """Embeddings, each transformer layer, then whatever follows (pooler / final norm), in order.
+
+    The layers are the longest ``nn.ModuleList`` of identical blocks: that finds BERT's
+    ``encoder.layer``, DistilBERT's ``transformer.layer`` and RoBERTa/XLM-R alike.
+    """
+    lists = [(n, m) for n, m in encoder.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) and len({type(c) for c in m}) == 1]
+    if not lists:
+        return [Stage("encoder", tuple(n for n, _ in encoder.named_parameters()))]
+    prefix, layers = max(lists, key=lambda nm: len(nm[1]))
+    before, after, per_layer = [], [], [[] for _ in layers]
+    for name, _ in encoder.named_parameters():
+        if name.startswith(prefix + "."):
+            per_layer[int(name[len(prefix) + 1:].split(".")[0])].append(name)
+        elif not any(per_layer):
+            before.append(name)
+        else:
+            after.append(name)
+    stages = [Stage("embeddings", tuple(before))] if before else []
+    stages += [Stage(f"layer.{i}", tuple(p)) for i, p in enumerate(per_layer) if p]
+    if after:
+        stages.append(Stage(_top_name(after), tuple(after)))
+    return stages
+
+
+def _top_name(params: list[str]) -> str:
+    tops = dict.fromkeys(p.split(".")[1] if p.startswith("model.") else p.split(".")[0] for p in params)
+    return "+".join(tops)
+
+
+# ----------------------------------------------------------------------------- tokenizers
+class HFTokenizer:
+    """A ``transformers`` tokenizer that returns packed (N, 2, L) tensors."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding="longest",
+                             return_tensors="pt")
+        return torch.stack([enc["input_ids"], enc["attention_mask"]], 1).long()
+
+    def save(self, directory) -> None:
+        self.tokenizer.save_pretrained(directory)
+
+
+_WORD = re.compile(r"n't|'\w+|\w+|[^\w\s]")
+
+
+class WordTokenizer:
+    """Words → rows of a word-vector table, split the way GloVe's corpus was (``don't`` → do n't)."""
+
+    def __init__(self, words: Sequence[str], max_length: int, lowercase: bool):
+        # Row 0 is reserved for padding and unknown words: the table is shifted by one.
+        self.index = {w: i + 1 for i, w in enumerate(words)}
+        self.words = list(words)
+        self.max_length = max_length
+        self.lowercase = lowercase
+
+    def tokens(self, text: str) -> list[str]:
+        text = text.lower() if self.lowercase else text
+        return _WORD.findall(re.sub(r"(\w)n't\b", r"\1 n't", text))
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        rows = [[self.index.get(t, 0) for t in self.tokens(s)][: self.max_length] for s in texts]
+        width = max([len(r) for r in rows] + [1])
+        out = torch.zeros(len(rows), 2, width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, 0, : len(r)] = torch.tensor(r, dtype=torch.long)
+            out[i, 1, : len(r)] = (out[i, 0, : len(r)] > 0).long()  # unknown words carry no weight
+        return out
+
+    def coverage(self, texts: Sequence[str]) -> float:
+        """Fraction of word tokens found in the vocabulary (reported: low coverage = wrong vectors)."""
+        seen = known = 0
+        for s in texts:
+            toks = self.tokens(s)
+            seen += len(toks)
+            known += sum(t in self.index for t in toks)
+        return known / max(seen, 1)
+
+    def save(self, directory) -> None:
+        from pathlib import Path
+
+        from headstart.storage import atomic_path
+
+        with atomic_path(Path(directory) / "vocab.txt") as tmp:
+            tmp.write_text("\n".join(self.words) + "\n", encoding="utf-8")
+
+
+def pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(x, (0, width - x.shape[-1])) if x.shape[-1] < width else x
+
+
+def tokenize(tokenizer, texts: Sequence[str], batch_size: int = 2048) -> torch.Tensor:
+    """All texts as one packed (N, 2, L) tensor, L = the longest; tokenised in chunks to bound memory."""
+    parts = [tokenizer(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    if not parts:
+        return torch.zeros(0, 2, 1, dtype=torch.long)
+    width = max(p.shape[-1] for p in parts)
+    return torch.cat([pad_to(p, width) for p in parts])
+
+
+def sort_by_length(tokens: torch.Tensor) -> torch.Tensor:
+    """Order (longest first) that groups texts of similar length into the same batch."""
+    return torch.argsort(tokens[:, 1].sum(1), descending=True, stable=True)
+
+
+def padding_waste(tokens: torch.Tensor, batch_size: int) -> float:
+    """Fraction of computed positions that are padding when batched in this order (for the docs/tests)."""
+    lengths = tokens[:, 1].sum(1)
+    total = real = 0
+    for i in range(0, len(lengths), batch_size):
+        chunk = lengths[i:i + batch_size]
+        total += int(chunk.max()) * len(chunk) if len(chunk) else 0
+        real += int(chunk.sum())
+    return 1.0 - real / max(total, 1)
+
