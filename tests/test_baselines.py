@@ -55,7 +55,7 @@ def test_warning_when_transfer_loses_to_a_model_trained_from_scratch(caplog):
 def test_warning_rules():
     from types import SimpleNamespace
 
-    from headstart.assess.baselines import Baselines
+    from headstart.modalities.scratch import Baselines
 
     b = Baselines.__new__(Baselines)
     b.finetunes = True
@@ -68,7 +68,7 @@ def test_warning_rules():
     assert b._warnings(0.85, {"val_acc": 0.85}, scratch, 200)[0].startswith("Fine-tuning did not beat the linear probe")
     b.finetunes = False  # a linear-probe run *is* the linear probe
     assert b._warnings(0.85, {"val_acc": 0.85}, scratch, 200) == []
-    from headstart.assess.baselines import _compute_saved
+    from headstart.modalities.scratch import _compute_saved
 
     hist = SimpleNamespace(seconds=10.0, phases=[{"name": "head", "seconds": 10.0, "features_seconds": 4.0}],
                            epochs=[{"phase_index": 0, "seconds": 1.0, "val_acc": 0.6},
@@ -89,7 +89,7 @@ def test_no_validation_split_skips_with_a_reason(tiny_data):
 
 
 def test_scratch_net_and_its_augmentation():
-    from headstart.assess.baselines import ScratchNet, crop_flip, resize_pixels
+    from headstart.modalities.scratch import ScratchNet, crop_flip, resize_pixels
 
     px = torch.randint(0, 256, (5, 3, 160, 160), dtype=torch.uint8)
     small = resize_pixels(px, 32)

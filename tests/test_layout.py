@@ -19,8 +19,8 @@ LAYERS = [
     ("headstart.encoders",),  # backbone registry and sources, stages, cutting, backbone + head model
     ("headstart.features",),  # CPU fast path, feature and prefix caches
     ("headstart.train",),  # the loop, strategies, objectives, callbacks, distributed state
-    ("headstart.assess",),  # metrics, transferability, rank, plan, baselines
-    ("headstart.modalities",),  # what differs between images and texts, in one object each
+    ("headstart.modalities",),  # what differs between images and texts, their baselines included
+    ("headstart.assess",),  # metrics, transferability, rank, plan
     ("headstart.io",),  # the saved run
     ("headstart.estimator", "headstart.text"),  # TransferClassifier, load
     ("headstart.cli",),  # the command line, renderers, demo

@@ -128,7 +128,7 @@ class TransferClassifier:
 
         metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
         self.fitted_config_ = cfg
-        from headstart.assess.baselines import Baselines
+        from headstart.modalities.scratch import Baselines
 
         baselines = Baselines(self.model_, backbone, cfg) if cfg.baselines and is_main_process() else None
         self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress,

@@ -106,7 +106,7 @@ class TextClassifier(TransferClassifier):
         if hasattr(self.tokenizer_, "coverage"):
             self.data_info_["vocabulary_coverage"] = round(self.tokenizer_.coverage(train_ex.texts), 4)
         if cfg.baselines and val_ex is not None:  # what transfer bought: a no-pretraining model, same split
-            from headstart.assess.text_baseline import text_baselines
+            from headstart.modalities.tfidf import text_baselines
 
             self.baselines_ = text_baselines(self, train_ex, val_ex)
             for w in self.baselines_["warnings"]:
