@@ -242,7 +242,7 @@ def lp_test_accuracy(clf, x_te, y_te) -> tuple[float, float]:
     device = next(model.parameters()).device
     pixels = decode_all(as_examples(x_te), clf.preprocess_).pixels
     feats, _ = cached_features(model, pixels, preprocess=clf.preprocess_,
-                               precision=resolve_precision(clf.config.precision, device), device=device)
+                               precision=resolve_precision(clf.fitted_config_.precision, device), device=device)
     with torch.no_grad():
         pred = model.head(feats.to(device).float()).argmax(1).cpu().numpy()
     classes = np.asarray(clf.classes_)

@@ -36,7 +36,7 @@ def test_predict_on_the_fast_path_matches_the_plain_forward(fitted, tiny_data, p
 
     clf, _ = fitted
     x, _ = tiny_data
-    clf.config = clf.config.replace(precision=precision)
+    clf.set_params(precision=precision)  # an inference setting: predict reads it now
     probs = clf.predict_proba(x)
     assert any(k[0] == precision for k in _EXTRACTORS[clf.model_])  # the extractor really ran
     pixels = decode_all(as_examples(x), clf.preprocess_).pixels

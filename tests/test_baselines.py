@@ -10,7 +10,9 @@ from conftest import TINY, make_images
 
 from headstart import TransferClassifier
 
-KEYS = {"n_val", "budget_seconds", "transfer", "linear_probe", "scratch", "compute_saved", "warnings", "seconds"}
+# "simple" names the no-pretraining entry ("scratch" here, "tfidf_logreg" for texts): one schema for both.
+KEYS = {"n_val", "budget_seconds", "transfer", "linear_probe", "scratch", "simple", "compute_saved", "warnings",
+        "seconds"}
 
 
 def test_report_is_saved_with_the_expected_keys(tmp_path, tiny_data):

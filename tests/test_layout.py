@@ -8,8 +8,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 # Lowest first. A module may import its own layer or any layer below it, never one above.
@@ -76,7 +74,6 @@ def test_imports_run_only_down_the_pipeline():
     assert not upward, "imports that run back up a layer:\n" + "\n".join(upward)
 
 
-@pytest.mark.xfail(strict=True, reason="estimator <-> text.classifier: removed when the two estimators merge")
 def test_no_import_cycles():
     graph = _graph()
     index: dict[str, int] = {}

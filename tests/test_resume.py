@@ -117,7 +117,7 @@ def test_resume_with_changed_options_is_refused(folder, tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     with atomic_path(run / "checkpoint.pt") as tmp:
-        torch.save({"config": {**clf.config.to_dict(), "lr": 0.5}}, tmp)
+        torch.save({"config": {**clf.resolved_config().to_dict(), "lr": 0.5}}, tmp)
     with pytest.raises(HeadstartError, match=r"different options \['lr'\]"):
         clf.fit(x, y, out=run, resume=True)
 
@@ -135,7 +135,7 @@ def test_resume_with_different_data_is_refused(tmp_path):
     run = tmp_path / "r"
     clf = TransferClassifier(TINY, **opts).fit(x, y, out=run)
     # an interrupted run's checkpoint, recorded for other training images
-    ckpt = {"config": clf.config.to_dict(), "data_sha256": "0" * 64, "phase_index": 1, "epoch": 1,
+    ckpt = {"config": clf.resolved_config().to_dict(), "data_sha256": "0" * 64, "phase_index": 1, "epoch": 1,
             "records": [], "phases": [], "model": clf.model_.state_dict(), "optimizer": None}
     with atomic_path(run / "checkpoint.pt") as tmp:
         torch.save(ckpt, tmp)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 from typing import Iterable, Iterator
 
 import torch
@@ -47,16 +46,6 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", purpos
     return "bf16" if supported else "fp32"
 
 
-def make_accelerator(precision: str):
-    """A fresh Accelerator with our precision (accelerate keeps process-wide state; reset the bits we own)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    return Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -88,9 +77,3 @@ def batched_apply(fn, batches: Iterable[torch.Tensor], *, precision: str, device
 def chunks(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(x), batch_size):
         yield x[i:i + batch_size]
-
-
-def is_main_process() -> bool:
-    """Rank 0 under torchrun / ``accelerate launch`` (which set RANK), or a plain single process."""
-
-    return int(os.environ.get("RANK", "0") or 0) == 0

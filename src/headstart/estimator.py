@@ -1,9 +1,17 @@
-"""The Python API: ``TransferClassifier(...).fit(data)``, ``predict``, ``score``, ``save`` and ``load``.
+"""The Python API: one estimator for every modality. ``TransferClassifier(...).fit(data)``, ``predict``,
+``score``, ``evaluate``, ``save`` and :func:`load`.
 
-scikit-learn conventions: ``__init__`` only stores parameters; what ``fit`` learns ends in ``_``.
+What differs between images and texts is asked of the run's modality (``modalities/``); the steps
+here are the same for both: read, split, build the backbone (planned and cut for ``auto``), encode,
+train (``train/``), compare with the baselines, save.
+
+scikit-learn's contract holds: ``__init__`` only stores its parameters (every :class:`TrainConfig`
+field is one too), ``get_params`` / ``set_params`` / ``sklearn.base.clone`` work, and what ``fit``
+learns ends in ``_``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -11,214 +19,284 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
+from headstart.assess.metrics import classification_metrics
+from headstart.assess.plan import plan_for_data
 from headstart.config import TrainConfig
-from headstart.data import (
-    Examples,
-    as_examples,
-    check_duplicates,
-    class_list,
-    decode_all,
-    encode_labels,
-    iter_decoded,
-    stratified_split,
-)
-from headstart.data.preprocess import PreprocessConfig
-from headstart.device import default_device, is_main_process, resolve_precision
+from headstart.data import class_list, encode_labels, stratified_split
+from headstart.data.sources import aligned_labels
+from headstart.device import default_device, resolve_precision
 from headstart.encoders import DEFAULT_BACKBONE, get_backbone
-from headstart.encoders.base import Stage
+from headstart.encoders.cut import truncate_backbone
 from headstart.encoders.model import TransferModel
-from headstart.errors import DataError, HeadstartError
-from headstart.features.fastpath import feature_extractor
-from headstart.io.run import CHECKPOINT, METRICS, read_run, save_run
+from headstart.errors import DataError, HeadstartError, did_you_mean
+from headstart.io.run import CHECKPOINT, METRICS, Run, save_run
+from headstart.modalities import (
+    Columns,
+    Modality,
+    Prediction,
+    modality_for,
+    modality_named,
+)
+from headstart.storage import check_writable
+from headstart.train.distributed import make_accelerator
+from headstart.train.loop import (
+    TrainData,
+    fit,
+    load_checkpoint,
+    preserved_rng,
+    seed_everything,
+)
 
 log = logging.getLogger("headstart")
 
+TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# Parameters of the estimator itself (the TrainConfig fields are parameters too, given as keywords).
+_PARAMS = ("backbone", "strategy", "config", "pretrained", "allow_unsafe_pickle", "path_column", "text_column",
+           "label_column", "pooling", "max_length")
 
-class TransferClassifier:
-    """Fine-tune a pretrained backbone on your labelled images.
+
+class TransferClassifier(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained backbone on your labelled images or texts.
 
     >>> clf = TransferClassifier("timm:tf_efficientnet_lite0", strategy="two-stage").fit("data/train")
     >>> clf.predict(["a.jpg"]); clf.score("data/test"); clf.save("runs/x")
+    >>> TransferClassifier("hf:all-minilm-l6-v2", strategy="linear-probe").fit("reviews.csv")
 
-    A text backbone (``hf:...`` or ``vectors:...``) gives a :class:`headstart.text.TextClassifier`.
+    The backbone decides the modality: ``timm:``/``file:`` backbones read images, ``hf:``/``vectors:``
+    backbones read texts. Training options are the fields of :class:`TrainConfig`, as keywords
+    (``epochs=3``) or as a whole ``config``; the keywords win.
     """
 
-    def __new__(cls, backbone: str = DEFAULT_BACKBONE, *args, **kwargs):
-        from headstart.encoders import is_text_spec
-
-        if cls is TransferClassifier and is_text_spec(backbone):
-            from headstart.text.classifier import TextClassifier
-
-            return super().__new__(TextClassifier)
-        return super().__new__(cls)
-
     def __init__(self, backbone: str = DEFAULT_BACKBONE, strategy: str = "two-stage", *,
-                 config: TrainConfig | None = None, pretrained: bool = True, verbose: bool = False,
-                 allow_unsafe_pickle: bool = False, **train_options: Any):
+                 config: TrainConfig | None = None, pretrained: bool = True, allow_unsafe_pickle: bool = False,
+                 path_column: str = "path", text_column: str | None = None, label_column: str | None = None,
+                 pooling: str | None = None, max_length: int | None = None, **train_options: Any):
+        _check_option_names(train_options)
         self.backbone = backbone
+        self.strategy = strategy
+        self.config = config
         self.pretrained = pretrained
         self.allow_unsafe_pickle = allow_unsafe_pickle  # only for file: weights you trust
-        self.verbose = verbose
-        base = config or TrainConfig()
-        self.config = base.replace(strategy=strategy, **train_options) if (strategy != base.strategy or train_options) \
-            else base
+        self.path_column = path_column  # image tables: the column of image paths
+        self.text_column = text_column  # text tables: the column of texts (None = "text" or the only one)
+        self.label_column = label_column  # None = "label" (images), the first of label/labels/target/class (texts)
+        self.pooling = pooling  # text backbones; None = the model's own (sentence-transformers config) or mean
+        self.max_length = max_length  # text backbones; None = the model's own maximum
+        self._options = tuple(train_options)
+        for name, value in train_options.items():
+            setattr(self, name, value)
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {**{p: getattr(self, p) for p in _PARAMS}, **{k: getattr(self, k) for k in self._options}}
+
+    def set_params(self, **params: Any) -> "TransferClassifier":
+        unknown = [k for k in params if k not in _PARAMS and k not in TRAIN_OPTIONS]
+        if unknown:
+            raise HeadstartError(f"Unknown parameter {unknown[0]!r} of TransferClassifier."
+                                 + did_you_mean(unknown[0], _PARAMS + TRAIN_OPTIONS))
+        for name, value in params.items():
+            setattr(self, name, value)
+            if name in TRAIN_OPTIONS and name not in self._options:
+                self._options += (name,)
+        return self
+
+    def resolved_config(self) -> TrainConfig:
+        """The :class:`TrainConfig` these parameters give: ``config`` (or the defaults) with ``strategy``
+        and every keyword option applied, validated."""
+        base = self.config or TrainConfig()
+        changes = {k: getattr(self, k) for k in self._options}
+        if self.strategy != base.strategy:
+            changes["strategy"] = self.strategy
+        return base.replace(**changes) if changes else base
+
+    @property
+    def modality(self) -> Modality:
+        """What this estimator reads: the fitted run's modality, else the backbone's."""
+        return getattr(self, "modality_", None) or modality_for(self.backbone)
+
+    def _columns(self) -> Columns:
+        return Columns(path_column=self.path_column, text_column=self.text_column, label_column=self.label_column)
+
+    def _read(self, X, y=None, *, purpose: str):
+        return self.modality.read(X, y, columns=self._columns(), purpose=purpose)
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y: Sequence | None = None, *, validation=None, out: str | Path | None = None,
             progress: Callable | None = None, resume: bool = False) -> "TransferClassifier":
-        """Train on ``X`` (a class-per-folder directory, a CSV, or images with labels ``y``).
+        """Train on ``X``: images (a class-per-folder directory, a CSV, or images with labels ``y``) or
+        texts (a CSV/TSV/JSONL/Parquet file, a DataFrame, a ``datasets.Dataset``, or texts with ``y``).
 
         With ``out`` a checkpoint is written there after every epoch; ``resume=True`` continues a
         killed run from it (same data and options), ending with the same weights as an unbroken run.
         """
-        cfg = self.config
         t0 = time.perf_counter()
+        modality = modality_for(self.backbone)
+        cfg = modality.check_config(self.resolved_config())
         ckpt = prepare_out(out, resume, cfg)
-        train_ex = check_duplicates(as_examples(X, y))
-        if train_ex.labels is None:
-            raise DataError("Training needs labels: pass y, a class-per-folder directory, or a CSV with labels.")
-        self.classes_ = class_list(train_ex.labels)
-        labelled = train_ex  # what `headstart plan` would profile: every labelled example
-        if validation is not None:
-            val_ex = as_examples(*validation) if isinstance(validation, tuple) else as_examples(validation)
-        elif cfg.val_fraction > 0:
-            tr, va = stratified_split(train_ex.labels, cfg.val_fraction, cfg.seed)
-            train_ex, val_ex = train_ex.subset(tr), (train_ex.subset(va) if va else None)
-        else:
-            val_ex = None
-
-        from headstart.train.loop import TrainData, fit, preserved_rng, seed_everything
+        labelled = self._read(X, y, purpose="train")  # what `headstart plan` profiles: every labelled example
+        self.classes_ = class_list(labelled.labels)
+        train_ex, val_ex = self._split(labelled, validation, cfg)
 
         seed_everything(cfg.seed)
-        backbone = get_backbone(self.backbone, pretrained=self.pretrained,
-                                allow_unsafe_pickle=self.allow_unsafe_pickle)
-        if cfg.strategy == "auto":
-            from headstart.assess.plan import plan_for_data
-
-            # Profiled on all labelled examples, not just the training split, so `train --strategy auto`
-            # follows exactly the plan `headstart plan DATA` printed (and reuses its cached stage features);
-            # the profile's scores are cross-validated, and the validation split only stops training.
-            with preserved_rng():  # auto must train exactly as its plan run directly would
-                self.profile_, self.plan_ = plan_for_data(labelled, backbone, precision=cfg.precision, seed=cfg.seed)
-            cfg = cfg.replace(**self.plan_.config_changes(cfg))
-            for reason in self.plan_.reasons:
-                log.info("plan: %s", reason)
-        if cfg.cut_stage is not None:  # drop the stages above the cut (truncate.py)
-            from headstart.encoders.cut import truncate_backbone
-
-            backbone = truncate_backbone(backbone, cfg.cut_stage)
+        backbone = get_backbone(self.backbone, pretrained=self.pretrained, allow_unsafe_pickle=self.allow_unsafe_pickle,
+                                pooling=self.pooling, max_length=self.max_length)
+        # Distributed state is decided here, once: every phase, the caches and the writers use this.
+        accel = make_accelerator(resolve_precision(cfg.precision, default_device(), purpose="train"))
+        cfg, backbone = self._plan(cfg, backbone, labelled, accel)
+        data, skipped = self._encode(modality, backbone, labelled, train_ex, val_ex, validation, cfg)
         self.model_ = TransferModel(backbone.module, backbone.num_features, len(self.classes_),
                                     backbone.preprocess, stages=backbone.stages, dropout=cfg.dropout)
         self.model_.to(default_device())
+        self.modality_ = modality
         self.preprocess_ = backbone.preprocess
+        self.tokenizer_ = backbone.tokenizer
         self.backbone_info_ = _backbone_info(backbone)
-
-        tr = decode_all(train_ex, backbone.preprocess, strict=cfg.strict)
-        self.skipped_ = list(tr.skipped)
-        data = TrainData(tr.pixels, encode_labels([train_ex.labels[i] for i in tr.index], self.classes_))
-        _check_every_class_readable(data.y_train, self.classes_, tr.skipped)
-        if val_ex is not None:
-            va = decode_all(val_ex, backbone.preprocess, strict=cfg.strict)
-            self.skipped_ += va.skipped
-            data.x_val = va.pixels
-            data.y_val = encode_labels([val_ex.labels[i] for i in va.index], self.classes_)
-        for name, why in self.skipped_:
-            log.warning("skipped unreadable image %s: %s", name, why)
+        self.fitted_config_ = cfg
+        self.skipped_ = skipped
 
         metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
-        self.fitted_config_ = cfg
-        from headstart.modalities.scratch import Baselines
-
-        baselines = Baselines(self.model_, backbone, cfg) if cfg.baselines and is_main_process() else None
-        self.history_ = fit(self.model_, backbone, data, cfg, metrics_path=metrics_path, progress=progress,
-                            checkpoint_path=checkpoint_path, resume=ckpt)
-        self.data_info_ = {"origin": train_ex.origin, "n_train": len(data.x_train),
-                           "n_val": 0 if data.x_val is None else len(data.x_val),
-                           "n_skipped": len(self.skipped_), "skipped": self.skipped_[:50]}
+        main = accel.is_main_process
+        baselines = modality.baselines(self.model_, backbone, cfg) if cfg.baselines and main else None
+        self.history_ = fit(self.model_, backbone, data, cfg, accelerator=accel, augment=modality.augmentation(cfg),
+                            metrics_path=metrics_path, progress=progress, checkpoint_path=checkpoint_path,
+                            resume=ckpt)
+        self.data_info_ = {"origin": labelled.origin, "n_train": len(data.x_train),
+                           "n_val": 0 if data.x_val is None else len(data.x_val), "n_skipped": len(skipped),
+                           "skipped": skipped[:50], **modality.data_info(backbone, train_ex)}
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
-        if baselines is not None:  # linear probe and from-scratch model on the same split (baselines.py)
-            self.baselines_ = baselines.run(self, data)
-        if out is not None and is_main_process():  # one writer when several processes train
+        # What transfer bought: the linear probe and a no-pretraining model, on the same split.
+        self.baselines_ = baselines.run(self, data, train_ex, val_ex) if baselines is not None else None
+        if out is not None and main:  # one writer when several processes train
             self.save(out)
             checkpoint_path.unlink(missing_ok=True)  # the finished run supersedes it
         return self
 
+    def _split(self, labelled, validation, cfg: TrainConfig):
+        if validation is not None:
+            val = self._read(*validation, purpose="evaluate") if isinstance(validation, tuple) \
+                else self._read(validation, purpose="evaluate")
+            return labelled, val
+        if cfg.val_fraction > 0:
+            tr, va = stratified_split(labelled.labels, cfg.val_fraction, cfg.seed)
+            return labelled.subset(tr), (labelled.subset(va) if va else None)
+        return labelled, None
+
+    def _plan(self, cfg: TrainConfig, backbone, labelled, accel):
+        """``auto``: profile the backbone and follow the plan; a cut stage drops the stages above it."""
+        self.plan_ = self.profile_ = None
+        if cfg.strategy == "auto":
+            # Profiled on all labelled examples, not just the training split, so `train --strategy auto`
+            # follows exactly the plan `headstart plan DATA` printed (and reuses its cached stage features);
+            # the profile's scores are cross-validated, and the validation split only stops training.
+            # auto must train exactly as its plan run directly would (preserved_rng); the main process
+            # profiles (and caches the stage features) first, the others read its cache.
+            with preserved_rng(), accel.main_process_first():
+                self.profile_, self.plan_ = plan_for_data(labelled, backbone, precision=cfg.precision, seed=cfg.seed)
+            cfg = cfg.replace(**self.plan_.config_changes(cfg))
+            for reason in self.plan_.reasons:
+                log.info("plan: %s", reason)
+        if cfg.cut_stage is not None:
+            backbone = truncate_backbone(backbone, cfg.cut_stage)
+        return cfg, backbone
+
+    def _encode(self, modality: Modality, backbone, labelled, train_ex, val_ex, validation, cfg: TrainConfig):
+        """Model inputs and labels of both splits, and every example skipped on the way (read or encode)."""
+        skipped = list(labelled.skipped)
+        if validation is not None:
+            skipped += val_ex.skipped
+        tr = modality.encode(train_ex, backbone, strict=cfg.strict)
+        if hasattr(backbone.module, "fit_idf"):
+            backbone.module.fit_idf(tr.x)  # tf-idf weights come from the training texts only
+        data = TrainData(tr.x, self._labels(train_ex, tr.index))
+        skipped += tr.skipped
+        _check_every_class_present(data.y_train, self.classes_, skipped)
+        if val_ex is not None:
+            va = modality.encode(val_ex, backbone, strict=cfg.strict)
+            skipped += va.skipped
+            data.x_val, data.y_val = va.x, self._labels(val_ex, va.index)
+        return data, skipped
+
+    def _labels(self, examples, index: Sequence[int]) -> torch.Tensor:
+        return encode_labels(aligned_labels([examples.labels[i] for i in index], self.classes_), self.classes_)
+
     # ------------------------------------------------------------------ inference
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n_images, n_classes), columns in ``classes_`` order."""
-        probs, skipped = self._predict_examples(as_examples(X))
-        if skipped:
-            name, why = skipped[0]
-            raise DataError(f"Cannot predict {name!r}: {why}. ({len(skipped)} unreadable input(s) in all.)")
-        return probs
+    def predict_examples(self, examples, batch_size: int = 64) -> Prediction:
+        """Probabilities for already-read examples (``modality.read``), with what could not be read."""
+        self._check_fitted()
+        model = self.model_.eval()
+        precision = resolve_precision(self.resolved_config().precision, next(model.parameters()).device)
+        return self.modality_.predict(model, self.tokenizer_, self.preprocess_, examples, precision=precision,
+                                      batch_size=batch_size)
+
+    def predict_proba(self, X, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities, shape (n_inputs, n_classes), columns in ``classes_`` order."""
+        self._check_fitted()
+        pred = self.predict_examples(self._read(X, purpose="predict"), batch_size=batch_size)
+        if pred.skipped:
+            name, why = pred.skipped[0]
+            raise DataError(f"Cannot predict {name!r}: {why}. ({len(pred.skipped)} unusable input(s) in all.)")
+        return pred.probs
+
+    def predict_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """``predict_proba`` for a list of texts (a text run)."""
+        return self.predict_proba(list(texts), batch_size=batch_size)
 
     def predict(self, X) -> np.ndarray:
         probs = self.predict_proba(X)
         return np.asarray(self.classes_, dtype=object)[probs.argmax(1)]
 
     def score(self, X, y: Sequence | None = None) -> float:
-        """Accuracy on labelled data (folder, CSV, or images + ``y``)."""
+        """Accuracy on labelled data (a folder, a table, or inputs + ``y``)."""
         return float(self.evaluate(X, y)["accuracy"])
 
     def evaluate(self, X, y: Sequence | None = None) -> dict[str, Any]:
-        """Accuracy, per-class precision/recall/F1 and the confusion matrix."""
-        from headstart.assess.metrics import classification_metrics
-
-        ex = as_examples(X, y)
-        if ex.labels is None:
-            raise DataError("Evaluation needs labels: a class-per-folder directory, a CSV with labels, or y.")
-        truth = encode_labels(ex.labels, self.classes_)
-        probs, skipped, kept = self._predict_examples(ex, with_index=True)
-        if not kept:
-            raise DataError(f"None of the {len(ex)} evaluation images could be read; first error: "
-                            f"{skipped[0][0]!r}: {skipped[0][1]}.")
-        report = classification_metrics(truth[kept].numpy(), probs.argmax(1), self.classes_)
-        report["n_skipped"] = len(skipped)
-        report["skipped"] = skipped[:50]
-        return report
-
-    def _predict_examples(self, ex: Examples, with_index: bool = False, batch_size: int = 64):
+        """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
         self._check_fitted()
-        model = self.model_.eval()
-        device = next(model.parameters()).device
-        precision = resolve_precision(self.config.precision, device)
-        # The backbone runs on the inference fast path (BatchNorm folded, bf16 weights, channels_last;
-        # compiled for large inputs), the same features as training's cache; the head in fp32 after it.
-        extract = feature_extractor(model, precision=precision, device=device, n_images=len(ex))
-        outs, kept, skipped = [], [], []
-        with torch.inference_mode():
-            for part in iter_decoded(ex, self.preprocess_, batch_size=batch_size):
-                skipped += part.skipped
-                kept += part.index
-                if len(part.pixels):
-                    logits = model.head(extract(part.pixels).to(device))
-                    outs.append(torch.softmax(logits.float(), 1).cpu())
-        probs = torch.cat(outs).numpy() if outs else np.zeros((0, len(self.classes_)), dtype=np.float32)
-        return (probs, skipped, kept) if with_index else (probs, skipped)
+        ex = self._read(X, y, purpose="evaluate")
+        truth = encode_labels(aligned_labels(ex.labels, self.classes_), self.classes_)
+        pred = self.predict_examples(ex)
+        if not pred.index:
+            noun = self.modality_.noun
+            if pred.skipped:
+                raise DataError(f"None of the {len(ex)} evaluation {noun} could be read; first error: "
+                                f"{pred.skipped[0][0]!r}: {pred.skipped[0][1]}.")
+            raise DataError(f"No usable {noun} to evaluate in {ex.origin}.")
+        report = classification_metrics(truth[pred.index].numpy(), pred.probs.argmax(1), self.classes_)
+        report["n_skipped"] = len(pred.skipped)
+        report["skipped"] = pred.skipped[:50]
+        return report
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
         self._check_fitted()
+        self.modality_.save_files(Path(directory), self.model_, self.tokenizer_)
         return save_run(directory, self.model_, self._meta())
 
     def _meta(self) -> dict[str, Any]:
         """What ``headstart.json`` records about this fitted model (``save_run`` adds hashes and versions)."""
+        history = getattr(self, "history_", None)
         return {
+            "modality": self.modality_.name,
             "backbone": self.backbone_info_,
             "classes": list(self.classes_),
             "preprocess": self.preprocess_.to_dict(),
-            "config": getattr(self, "fitted_config_", self.config).to_dict(),
-            "plan": self.plan_.to_dict() if hasattr(self, "plan_") else None,
-            "history": {"phases": self.history_.phases, "precision": self.history_.precision,
-                        "inference_precision": self.history_.inference_precision,
-                        "seconds": self.history_.seconds} if hasattr(self, "history_") else None,
-            "metrics": self.final_metrics_() if hasattr(self, "history_") else None,
+            "config": self.fitted_config_.to_dict(),
+            "inputs": {"path_column": self.path_column, "text_column": self.text_column,
+                       "label_column": self.label_column},
+            "plan": self.plan_.to_dict() if getattr(self, "plan_", None) else None,
+            "history": {"phases": history.phases, "precision": history.precision,
+                        "inference_precision": history.inference_precision,
+                        "seconds": history.seconds} if history else None,
+            "metrics": self.final_metrics_() if history else None,
             "data": getattr(self, "data_info_", None),
             "baselines": getattr(self, "baselines_", None),
         }
 
     def final_metrics_(self) -> dict[str, Any]:
+        """The epoch whose weights were kept (best validation loss), else the last one."""
         best = [r for r in self.history_.epochs if r.get("best")]
         last = self.history_.epochs[-1] if self.history_.epochs else {}
         rec = best[-1] if best else last
@@ -228,17 +306,21 @@ class TransferClassifier:
         if not hasattr(self, "model_"):
             raise HeadstartError("This TransferClassifier is not fitted yet; call fit() or headstart.load(run_dir).")
 
-    def __repr__(self) -> str:
-        return f"TransferClassifier(backbone={self.backbone!r}, strategy={self.config.strategy!r})"
+
+def _check_option_names(options: dict[str, Any]) -> None:
+    unknown = [k for k in options if k not in TRAIN_OPTIONS]
+    if unknown:
+        raise HeadstartError(f"Unknown training option {unknown[0]!r}." + did_you_mean(unknown[0], TRAIN_OPTIONS))
 
 
-def _check_every_class_readable(y: torch.Tensor, classes: list, skipped: list) -> None:
+def _check_every_class_present(y: torch.Tensor, classes: list, skipped: list) -> None:
     counts = torch.bincount(y, minlength=len(classes))
     empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
     if empty:
+        example = f", e.g. {skipped[0][0]!r}: {skipped[0][1]}" if skipped else ""
         raise DataError(
-            f"Every training image of class {empty[0]!r} was unreadable ({len(skipped)} skipped, e.g. "
-            f"{skipped[0][0]!r}: {skipped[0][1]}); fix those files or remove the class."
+            f"Every training example of class {empty[0]!r} was unreadable ({len(skipped)} skipped{example}); "
+            "fix those files or remove the class."
         )
 
 
@@ -248,8 +330,6 @@ def prepare_out(out: str | Path | None, resume: bool, cfg: TrainConfig) -> dict 
         if resume:
             raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
         return None
-    from headstart.storage import check_writable
-
     check_writable(out)  # fail before any training, never after an hour of it
     return _load_resume_checkpoint(Path(out), cfg) if resume else None
 
@@ -265,8 +345,6 @@ def run_paths(out: str | Path | None, fresh: bool) -> tuple[Path | None, Path | 
 
 
 def _load_resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:
-    from headstart.train.loop import load_checkpoint
-
     path = out / CHECKPOINT
     if not path.is_file():
         done = (out / "headstart.json").is_file()
@@ -293,33 +371,29 @@ def _backbone_info(backbone) -> dict[str, Any]:
 
 
 def load(directory: str | Path) -> TransferClassifier:
-    """Rebuild a saved run offline: same architecture, weights, classes and preprocessing."""
-    from headstart.encoders.base import timm_stages
-    from headstart.encoders.timm_source import empty_timm
-
-    meta, state = read_run(directory)
-    if meta.get("modality") == "text":
-        from headstart.text.classifier import load_text_run
-
-        return load_text_run(directory, meta, state)
-    info = meta["backbone"]
-    module = empty_timm(info["architecture"])
-    preprocess = PreprocessConfig.from_dict(meta["preprocess"])
-    stages: list[Stage] = timm_stages(module)
-    if meta["config"].get("cut_stage") is not None:  # a truncated run: rebuild the same cut
-        from headstart.encoders.cut import truncate_module
-
-        module, stages, _ = truncate_module(module, stages, meta["config"]["cut_stage"])
-    model = TransferModel(module, info["num_features"], len(meta["classes"]), preprocess, stages=stages,
-                          dropout=meta["config"].get("dropout", 0.0))
+    """Rebuild a saved run offline (any modality, any earlier format): same architecture, weights,
+    classes, preprocessing and tokenizer."""
+    run = Run.open(directory)
+    modality = modality_named(run.modality)
+    state = run.state_dict()
+    module, stages, tokenizer = modality.rebuild(run.path, run.meta, state)
+    preprocess = modality.preprocess_type.from_dict(run.meta["preprocess"])
+    cfg = run.config
+    model = TransferModel(module, run.backbone["num_features"], len(run.classes), preprocess, stages=stages,
+                          dropout=cfg.dropout)
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]  # a non-persistent buffer in some versions
     if missing or unexpected:
         raise HeadstartError(f"{str(directory)!r}: weights do not match the recorded architecture "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
-    clf = TransferClassifier(info["spec"], config=TrainConfig.from_dict(meta["config"]))
+    clf = TransferClassifier(run.backbone["spec"], strategy=cfg.strategy, config=cfg, **run.inputs)
     clf.model_ = model.to(default_device()).eval()
-    clf.classes_ = meta["classes"]
+    clf.modality_ = modality
+    clf.classes_ = run.classes
     clf.preprocess_ = preprocess
-    clf.backbone_info_ = info
-    clf.meta_ = meta
+    clf.tokenizer_ = tokenizer
+    clf.backbone_info_ = run.backbone
+    clf.fitted_config_ = cfg
+    clf.run_ = run
+    clf.meta_ = run.meta
     return clf

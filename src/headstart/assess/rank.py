@@ -21,7 +21,7 @@ from headstart.data import (
     stratified_split,
 )
 from headstart.device import default_device, resolve_precision
-from headstart.encoders import get_backbone
+from headstart.encoders import get_backbone, source_modality
 from headstart.encoders.model import TransferModel
 from headstart.errors import DataError
 from headstart.features.cache import cached_features
@@ -34,12 +34,10 @@ def rank(data, backbones: Sequence[str], *, y=None, max_images: int = 1000, boot
     Image backbones score images; text backbones (``hf:``, ``vectors:``) score texts, from any table
     the text loader reads. LEEP and NCE need the source task's classifier, so only image rows have them.
     """
-    from headstart.encoders import is_text_spec
-
-    kinds = {is_text_spec(b) for b in backbones}
+    kinds = {source_modality(b) for b in backbones}
     if len(kinds) > 1:
         raise DataError(f"Rank image and text backbones separately; got both kinds in {list(backbones)}.")
-    if kinds == {True}:
+    if kinds == {"text"}:
         return _rank_text(data, backbones, y=y, max_examples=max_images, rounds=bootstrap_rounds,
                           precision=precision, seed=seed)
     ex = check_duplicates(as_examples(data, y))

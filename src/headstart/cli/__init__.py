@@ -86,7 +86,6 @@ def resume(run: Path = typer.Argument(..., help="The --out directory of an inter
 
 def _run_train(args: dict, resume: bool) -> None:
     from headstart.config import TrainConfig
-    from headstart.data import as_examples
     from headstart.estimator import TransferClassifier
     from headstart.io.run import TRAIN_ARGS
     from headstart.storage import check_writable, write_json
@@ -97,21 +96,12 @@ def _run_train(args: dict, resume: bool) -> None:
     cfg = TrainConfig(**{k: args[k] for k in names if k in args})  # train_args.json of older runs lack some
     out = Path(args["out"])
     console = _console()
-    from headstart.encoders import is_text_spec
-
-    if is_text_spec(args["backbone"]):
-        from headstart.text import TextClassifier
-
-        clf = TextClassifier(args["backbone"], strategy=cfg.strategy, config=cfg,
-                             text_column=args.get("text_column"), label_column=args.get("label_column"),
-                             pooling=args.get("pooling"), max_length=args.get("max_length"))
-        x, validation = args["data"], args["val"]  # the text loader reads (and checks) them in fit
-    else:
-        clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"],
-                                 allow_unsafe_pickle=args.get("allow_unsafe_pickle", False))
-        cols = dict(path_column=args["path_column"], label_column=args.get("label_column") or "label")
-        x = as_examples(args["data"], **cols)
-        validation = as_examples(args["val"], **cols) if args["val"] else None
+    clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"],
+                             allow_unsafe_pickle=args.get("allow_unsafe_pickle", False),
+                             path_column=args["path_column"], text_column=args.get("text_column"),
+                             label_column=args.get("label_column"), pooling=args.get("pooling"),
+                             max_length=args.get("max_length"))
+    x, validation = args["data"], args["val"]  # read (and checked) by the run's modality in fit
     check_writable(out)
     if not resume:
         write_json(out / TRAIN_ARGS, {k: v for k, v in args.items() if k not in ("quiet", "resume")})
@@ -123,7 +113,7 @@ def _run_train(args: dict, resume: bool) -> None:
 def _print_fit_summary(console, clf, out) -> None:
     m = clf.final_metrics_()
     skipped = clf.data_info_["n_skipped"]
-    kind = "texts" if getattr(clf, "tokenizer_", None) is not None else "images"
+    kind = clf.modality_.noun
     console.print(f"[green]saved[/green] {out}  ({clf.data_info_['n_train']} train / {clf.data_info_['n_val']} val {kind}, "
                   f"{len(clf.classes_)} classes, {clf.fit_seconds_:.1f}s, "
                   f"{clf.history_.precision} training / {clf.history_.inference_precision} inference)")
@@ -180,7 +170,7 @@ def predict(
     if not inputs and not input_file:
         raise DataError("Nothing to predict: pass inputs after the run directory, or --input FILE.")
     clf = load(run)
-    if getattr(clf, "tokenizer_", None) is not None:
+    if clf.modality_.name == "text":
         rows, failed = _predict_texts(clf, inputs, input_file, text_column)
     else:
         rows, failed = _predict_images(clf, inputs, input_file, path_column)
@@ -193,14 +183,14 @@ def predict(
 
 
 def _predict_texts(clf, inputs, input_file, text_column) -> tuple[list[dict], int]:
-    from headstart.text import load_texts
+    from headstart.data.texts import load_texts
 
     sources = ([load_texts(input_file, text_column=text_column or clf.text_column, label_column=False)]
                if input_file else []) + ([load_texts(list(inputs), label_column=False)] if inputs else [])
     rows: list[dict] = []
     failed = 0
     for ex in sources:
-        probs = clf.predict_texts(ex.texts)
+        probs = clf.predict_examples(ex).probs
         for rid, text, pr in zip(ex.ids, ex.texts, probs):
             rows.append({"id": rid, "text": text, "label": clf.classes_[int(pr.argmax())],
                          "probabilities": {str(c): round(float(v), 6) for c, v in zip(clf.classes_, pr)}})
@@ -226,7 +216,8 @@ def _predict_images(clf, inputs, input_file, path_column) -> tuple[list[dict], i
             paths.append(item)
     if not paths:
         raise DataError(f"No images found in {inputs or input_file}; pass image files or folders holding images.")
-    probs, skipped, kept = clf._predict_examples(Examples(paths, None, "inputs"), with_index=True)
+    pred = clf.predict_examples(Examples(paths, None, "inputs"))
+    probs, skipped, kept = pred.probs, pred.skipped, pred.index
     found = {i: probs[j] for j, i in enumerate(kept)}
     errors = dict(skipped)
     rows = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,6 +19,7 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
     crop_pct: float = 0.875  # resize the short side to input_size / crop_pct, then centre-crop
+    modality: ClassVar[str] = "image"  # not a field: it is the type (and keeps to_dict, a cache key, as it was)
 
     @property
     def resize_size(self) -> int:

@@ -26,6 +26,9 @@ class Examples:
     labels: list | None
     origin: str = "data"
     notes: list[str] = field(default_factory=list)
+    # Inputs dropped while reading, with why. Image sources fail loudly on layout problems and leave
+    # unreadable pixels to decoding, so this stays empty for them; it matches TextExamples.skipped.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -36,7 +39,7 @@ class Examples:
 
     def subset(self, idx: Sequence[int]) -> "Examples":
         labels = None if self.labels is None else [self.labels[i] for i in idx]
-        return Examples([self.items[i] for i in idx], labels, self.origin, list(self.notes))
+        return Examples([self.items[i] for i in idx], labels, self.origin, list(self.notes), list(self.skipped))
 
 
 def as_examples(data: Any, labels: Sequence | None = None, *, path_column: str = "path",
@@ -252,3 +255,12 @@ def stratified_split(labels: Sequence, val_fraction: float, seed: int) -> tuple[
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return sorted(train), sorted(val)
+
+
+def aligned_labels(labels: Sequence, classes: Sequence) -> list:
+    """Labels matched to the trained classes, also when one side was read as text ("1") and one as int (1)."""
+    known = set(classes)
+    if all(v in known for v in labels):
+        return list(labels)
+    by_text = {str(c): c for c in classes}
+    return [by_text.get(str(v), v) for v in labels]

@@ -43,17 +43,26 @@ SOURCES: dict[str, Callable[..., Backbone]] = {
     "hf": _hf,  # text encoders (transformers AutoModel)
     "vectors": _vectors,  # word vectors (GloVe / word2vec) as a bag-of-vectors encoder
 }
-TEXT_SOURCES = ("hf", "vectors")
+# What each source's backbones read: the modality that decodes or tokenises their inputs.
+SOURCE_MODALITY = {"timm": "image", "file": "image", "hf": "text", "vectors": "text"}
 
 
-def is_text_spec(spec: str) -> bool:
-    return isinstance(spec, str) and spec.partition(":")[0] in TEXT_SOURCES
+def source_modality(spec: str) -> str:
+    """"image" or "text": what the backbone named by ``spec`` takes (checked like :func:`get_backbone`)."""
+    _check_spec(spec)
+    return SOURCE_MODALITY[spec.partition(":")[0]]
 
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"
 
 
 def get_backbone(spec: str, **kwargs) -> Backbone:
     """Build the backbone named by ``spec``, e.g. ``"timm:tf_efficientnet_lite0"`` or ``"file:weights/"``."""
+    _check_spec(spec)
+    source, _, name = spec.partition(":")
+    return SOURCES[source](name, **kwargs)
+
+
+def _check_spec(spec: str) -> None:
     if not isinstance(spec, str) or ":" not in spec:
         guess = f"timm:{spec}" if isinstance(spec, str) and spec else DEFAULT_BACKBONE
         raise BackboneError(
@@ -67,7 +76,6 @@ def get_backbone(spec: str, **kwargs) -> Backbone:
         )
     if not name:
         raise BackboneError(f"Backbone {spec!r} names no model after {source + ':'!r}.")
-    return SOURCES[source](name, **kwargs)
 
 
 def list_backbones() -> list[dict]:

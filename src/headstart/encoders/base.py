@@ -42,7 +42,7 @@ class Backbone:
 
     @property
     def modality(self) -> str:
-        return getattr(self.preprocess, "modality", "image")
+        return self.preprocess.modality
 
     @property
     def num_params(self) -> int:

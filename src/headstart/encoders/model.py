@@ -23,13 +23,13 @@ class TransferModel(nn.Module):
         self.stages = list(stages or [])  # freezable units of the backbone, input to output
         self.train_bn = True  # False: every BatchNorm keeps its running statistics (see TrainConfig)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
-        self.is_text = getattr(preprocess, "modality", "image") == "text"
-        if not self.is_text:
+        self.modality = preprocess.modality  # "image": uint8 pixels in; "text": packed token ids
+        if self.modality == "image":
             self.register_buffer("mean", torch.tensor(preprocess.mean).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(preprocess.std).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_text:
+        if self.modality != "image":
             return x  # token ids go to the encoder as they are
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)

@@ -167,8 +167,8 @@ class FeatureExtractor:
         self.compiled = False
         # Text encoders take token ids (nothing to fold or cast, and shapes vary with text length, which
         # would make a compiled graph recompile): like GPUs, they run the model's own forward.
-        plain = self.device.type != "cpu" or getattr(model, "is_text", False)
-        compile = compile and not getattr(model, "is_text", False)
+        plain = self.device.type != "cpu" or model.modality != "image"
+        compile = compile and model.modality == "image"
         self._checked = plain
         if plain:
             to_fast_layout(model)

@@ -50,7 +50,7 @@ class Suffix(nn.Module):
 
 def split_for_prefix_cache(model) -> tuple[nn.Module, Suffix, int] | None:
     """(prefix, suffix, cut) when the model's frozen leading stages can be cached, else None."""
-    if getattr(model, "is_text", False):
+    if model.modality != "image":
         return None  # a transformer's layers also take the attention mask: not a plain chain
     chain = sequential_chain(model.backbone)
     if chain is None:

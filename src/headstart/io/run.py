@@ -1,21 +1,32 @@
 """The saved run: ``model.safetensors`` + ``headstart.json`` (+ ``metrics.jsonl`` written while training).
 
 The weights file holds backbone and head together, so the head can never be lost; the JSON holds
-everything needed to rebuild the model offline and to know how it was made.
+everything needed to rebuild the model offline and to know how it was made. One schema serves every
+modality (``FORMAT_VERSION``); :class:`Run` reads any earlier format into it, so runs saved by older
+releases keep loading. The CLI, the demo and later report/export/serve read runs through :class:`Run`.
+
+Format history:
+  1  headstart 0.1.0. Text runs kept ``modality``, ``text_column`` and ``label_column`` at the top;
+     image runs recorded no modality; baselines named their no-pretraining model ``scratch`` (images)
+     or ``tfidf_logreg`` (texts) with nothing saying which.
+  2  every run records ``modality`` and the ``inputs`` it was read with (columns); baselines say
+     which entry holds the no-pretraining model (``simple``).
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import platform
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from headstart.config import TrainConfig
 from headstart.errors import HeadstartError
 from headstart.storage import file_sha256, save_safetensors, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 META = "headstart.json"
 METRICS = "metrics.jsonl"
@@ -51,8 +62,12 @@ def save_run(directory: str | Path, model, meta: dict[str, Any]) -> Path:
 
 def read_run(directory: str | Path) -> tuple[dict[str, Any], dict]:
     """(meta, state_dict) of a saved run, with the weights checked against the recorded sha256."""
-    from safetensors.torch import load_file
+    run = Run.open(directory)
+    return run.meta, run.state_dict()
 
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """``headstart.json`` of a run directory, in the current schema."""
     directory = Path(directory)
     meta_path = directory / META
     if not meta_path.is_file():
@@ -66,7 +81,11 @@ def read_run(directory: str | Path) -> tuple[dict[str, Any], dict]:
         raise HeadstartError(f"{str(meta_path)!r} is corrupt ({exc}).") from exc
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise HeadstartError(f"{str(directory)!r} was saved by a newer headstart; upgrade to load it.")
-    weights = directory / WEIGHTS
+    return migrate(meta)
+
+
+def verified_weights(directory: Path, meta: dict[str, Any]) -> Path:
+    weights = Path(directory) / WEIGHTS
     if not weights.is_file():
         raise HeadstartError(f"{str(directory)!r} has no {WEIGHTS}; the run did not finish saving.")
     expected = meta.get("model_sha256")
@@ -75,4 +94,135 @@ def read_run(directory: str | Path) -> tuple[dict[str, Any], dict]:
             f"{str(weights)!r} does not match the sha256 recorded in {META}: the file was modified or "
             "corrupted. Re-train or restore it from a backup."
         )
-    return meta, load_file(str(weights))
+    return weights
+
+
+def migrate(meta: dict[str, Any]) -> dict[str, Any]:
+    """``headstart.json`` of any earlier format in the current schema (the file itself is not rewritten)."""
+    meta = dict(meta)
+    saved = meta.get("format_version", 1)
+    if saved < 2:
+        preprocess = meta.get("preprocess") or {}
+        meta.setdefault("modality", "text" if preprocess.get("modality") == "text" else "image")
+        meta["inputs"] = {"text_column": meta.pop("text_column", None), "label_column": meta.pop("label_column", None)}
+        baselines = meta.get("baselines")
+        if baselines and "skipped" not in baselines:
+            meta["baselines"] = {**baselines, "simple": "tfidf_logreg" if "tfidf_logreg" in baselines else "scratch"}
+    meta["saved_format_version"] = saved
+    meta["format_version"] = FORMAT_VERSION
+    return meta
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """What the model was trained on."""
+
+    origin: str
+    n_train: int
+    n_val: int
+    n_skipped: int
+    skipped: list  # (example, reason) pairs, the first 50
+    extra: dict  # modality-specific facts, e.g. a text run's vocabulary_coverage
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataRecord":
+        known = ("origin", "n_train", "n_val", "n_skipped", "skipped")
+        return cls(d.get("origin", ""), d.get("n_train", 0), d.get("n_val", 0), d.get("n_skipped", 0),
+                   [tuple(s) for s in d.get("skipped", [])], {k: v for k, v in d.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class BaselineRecord:
+    """Did transfer help: the transfer model beside its linear probe and a no-pretraining model."""
+
+    n_val: int
+    transfer_val_acc: float | None
+    linear_probe_val_acc: float | None
+    simple: str  # which entry of ``detail`` is the no-pretraining model: "scratch" or "tfidf_logreg"
+    simple_val_acc: float | None
+    warnings: list[str]
+    detail: dict  # the whole saved comparison (times, curves, compute saved)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BaselineRecord | None":
+        if not d or "skipped" in d:
+            return None
+        simple = d.get("simple", "scratch")
+        return cls(d.get("n_val", 0), (d.get("transfer") or {}).get("val_acc"),
+                   (d.get("linear_probe") or {}).get("val_acc"), simple, (d.get(simple) or {}).get("val_acc"),
+                   list(d.get("warnings", [])), d)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A saved run directory, read and checked: paths, metadata in the current schema, typed records."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, directory: str | Path) -> "Run":
+        directory = Path(directory)
+        return cls(directory, read_meta(directory))
+
+    # ---- what the run holds
+    @property
+    def modality(self) -> str:
+        return self.meta["modality"]
+
+    @property
+    def classes(self) -> list:
+        return list(self.meta["classes"])
+
+    @property
+    def backbone(self) -> dict[str, Any]:
+        return self.meta["backbone"]
+
+    @property
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_dict(self.meta["config"])
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return {k: v for k, v in (self.meta.get("inputs") or {}).items() if v is not None}
+
+    @property
+    def data(self) -> DataRecord | None:
+        return DataRecord.from_dict(self.meta["data"]) if self.meta.get("data") else None
+
+    @property
+    def baselines(self) -> BaselineRecord | None:
+        return BaselineRecord.from_dict(self.meta.get("baselines"))
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.meta.get("metrics") or {})
+
+    @property
+    def plan(self) -> dict[str, Any] | None:
+        return self.meta.get("plan")
+
+    @property
+    def seconds(self) -> float | None:
+        return (self.meta.get("history") or {}).get("seconds")
+
+    # ---- files
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """``metrics.jsonl``: one record per training epoch, in order."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def state_dict(self) -> dict:
+        """The weights, checked against the sha256 recorded in ``headstart.json``."""
+        from safetensors.torch import load_file
+
+        return load_file(str(verified_weights(self.path, self.meta)))

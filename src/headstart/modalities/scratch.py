@@ -34,6 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.device import default_device
+from headstart.encoders.model import TransferModel
+from headstart.train.distributed import LOCAL
+from headstart.train.loop import fit
+from headstart.train.optim import decays
+from headstart.train.strategies import plan_phases
+
 log = logging.getLogger("headstart")
 
 SCRATCH_SIZE = 32  # input side of the from-scratch model (pixels), the CIFAR regime
@@ -124,8 +131,6 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
     accuracy of the epoch with the lowest validation loss (the rule that picks the transfer model's
     weights), the highest accuracy of any epoch, and the (seconds, accuracy) curve.
     """
-    from headstart.device import default_device
-
     device = device or default_device()
     t_start = time.perf_counter()
     torch.manual_seed(seed)
@@ -133,8 +138,8 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
     size = min(size, int(x_train.shape[-1]))
     xt, xv = resize_pixels(x_train, size), resize_pixels(x_val, size)
     model = ScratchNet(num_classes).to(device)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    decay = [p for p in model.parameters() if decays(p)]
+    no_decay = [p for p in model.parameters() if not decays(p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     batch_size = min(batch_size, max(8, len(xt) // 8))  # a few hundred images: still several steps per epoch
     steps_per_epoch = max(1, math.ceil(len(xt) / batch_size))
@@ -211,8 +216,6 @@ class Baselines:
     """Set up before the fit (keeps the pretrained weights when a linear probe must be trained later)."""
 
     def __init__(self, model, backbone, cfg):
-        from headstart.train.strategies import plan_phases
-
         self.cfg = cfg
         phases = plan_phases(cfg, len(backbone.stages))
         self.head_phases = [i for i, p in enumerate(phases) if p.head_only(len(backbone.stages))]
@@ -221,7 +224,8 @@ class Baselines:
         self.backbone = backbone
         self.pretrained = None if self.has_head_phase else copy.deepcopy(model.backbone)
 
-    def run(self, clf, data) -> dict[str, Any]:
+    def run(self, clf, data, train_examples=None, val_examples=None) -> dict[str, Any]:
+        """Compare on ``data``'s split (the pixels; the examples themselves are not needed here)."""
         cfg, history = self.cfg, clf.history_
         if data.x_val is None or not len(data.x_val):
             msg = ("no validation split (val_fraction=0 and no validation data): the linear-probe and "
@@ -238,7 +242,7 @@ class Baselines:
         report = {
             "n_val": len(data.x_val), "budget_seconds": round(budget, 2),
             "transfer": {"val_acc": transfer_acc, "seconds": history.seconds, "strategy": cfg.strategy},
-            "linear_probe": lp, "scratch": scratch,
+            "linear_probe": lp, "scratch": scratch, "simple": "scratch",
         }
         report["compute_saved"] = _compute_saved(history, transfer_acc, scratch)
         report["warnings"] = self._warnings(transfer_acc, lp, scratch, len(data.x_val))
@@ -252,16 +256,14 @@ class Baselines:
             head = [r for r in clf.history_.epochs if r.get("phase_index", 0) in self.head_phases and "val_acc" in r]
             best = [r for r in head if r.get("best")] or head
             return {"val_acc": best[-1]["val_acc"] if best else None, "source": "the run's head phase"}
-        from headstart.device import default_device
-        from headstart.encoders.model import TransferModel
-        from headstart.train.loop import fit
-
         t0 = time.perf_counter()
         model = TransferModel(self.pretrained, self.backbone.num_features, len(clf.classes_),
                               self.backbone.preprocess, stages=self.backbone.stages, dropout=self.cfg.dropout)
         model.to(default_device())
         cfg = self.cfg.replace(strategy="linear-probe", freeze_stages=None, head_epochs=max(self.cfg.head_epochs, 1))
-        hist = fit(model, self.backbone, data, cfg)
+        # The main process alone runs the baselines: on the single-process runtime, so it never enters a
+        # collective (a DDP wrapper, a gather) the other processes are not part of.
+        hist = fit(model, self.backbone, data, cfg, accelerator=LOCAL)
         recs = [r for r in hist.epochs if "val_acc" in r]
         best = [r for r in recs if r.get("best")] or recs
         self.pretrained = None

@@ -58,4 +58,4 @@ def text_baselines(clf, train, val) -> dict[str, Any]:
             f"regression {tfidf['val_acc']:.4f} on the same texts. Try another backbone, fine-tuning "
             "(--strategy two-stage), or the TF-IDF model itself.")
     return {"n_val": len(val), "transfer": {"val_acc": transfer}, "linear_probe": {"val_acc": probe},
-            "tfidf_logreg": tfidf, "warnings": warnings}
+            "tfidf_logreg": tfidf, "simple": "tfidf_logreg", "warnings": warnings}

@@ -21,6 +21,7 @@ from torch import nn
 from headstart.config import TrainConfig
 from headstart.encoders.base import Stage
 from headstart.errors import HeadstartError
+from headstart.train.optim import decays
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,7 @@ def param_groups(model: nn.Module, stages: list[Stage], cfg: TrainConfig, *,
             tag = f"stage{i}"
         else:
             lr, tag = cfg.lr, "head"
-        # nanoGPT/timm rule: decay only matrices and kernels; biases and norm scales keep their size.
-        wd = cfg.weight_decay if p.ndim >= 2 else 0.0
+        wd = cfg.weight_decay if decays(p) else 0.0
         g = groups.setdefault((tag, wd), {"params": [], "lr": lr, "weight_decay": wd, "name": tag})
         g["params"].append(p)
     return list(groups.values())

@@ -1,0 +1,45 @@
+"""What a training step minimises. The loop asks an :class:`Objective` for the loss of a batch and never
+changes; a method that needs another loss (distillation, domain adaptation, adversarial training)
+adds an Objective, and data it needs beside ``(x, y)`` rides in :attr:`Batch.extra`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headstart.train.strategies import Phase
+
+
+@dataclass
+class Batch:
+    """One step's data: inputs, labels, and any tensors aligned with them (``TrainData.extra``), by name."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what the optimizer minimises (a scalar)
+    logits: torch.Tensor | None = None  # predictions for ``batch.y``, for the running training accuracy
+
+
+class Objective:
+    """Cross-entropy on the labels, with label smoothing: the default objective of every fit."""
+
+    name = "cross-entropy"
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def loss(self, module: nn.Module, batch: Batch, *, phase: Phase) -> StepOutput:
+        logits = module(batch.x)
+        loss = F.cross_entropy(logits.float(), batch.y, label_smoothing=self.label_smoothing)
+        return StepOutput(loss, logits)
