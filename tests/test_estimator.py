@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY, make_images
 from sklearn.base import clone
 
-from conftest import TINY, make_images
 from headstart import TrainConfig, TransferClassifier, load
 from headstart.errors import HeadstartError
 from headstart.io.run import FORMAT_VERSION, Run

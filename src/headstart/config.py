@@ -10,6 +10,7 @@ from headstart.errors import HeadstartError, check_choice
 STRATEGIES = ("linear-probe", "partial", "full", "two-stage", "auto")  # auto: measured plan, see planning.py
 PRECISIONS = ("auto", "bf16", "fp32")
 SCHEDULES = ("cosine", "onecycle")
+DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +26,9 @@ class TrainConfig:
     head_min_steps: int = field(default=500, metadata={
         "help": "a few hundred images make only a few batches per epoch; a linear head on fixed "
                 "features needs a few hundred steps to converge, and here they cost milliseconds"})
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata={
+        "help": "examples per optimizer step and process (under N processes the global batch is N x this); "
+                "head-only stages use at least 128 in all"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate of the new head"})
     backbone_lr_ratio: float = field(default=0.1, metadata={
         "help": "backbone LR = lr x this: pretrained weights move less than the new head"})
@@ -33,27 +36,30 @@ class TrainConfig:
         "help": "each stage below the top trains at this x the LR of the stage above it "
                 "(discriminative LRs). Default 0.8 for two-stage, 1.0 otherwise."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW; never applied to biases and norms"})
-    label_smoothing: float = 0.1
+    label_smoothing: float = field(default=0.1, metadata={"help": "of the training cross-entropy"})
     warmup_frac: float = field(default=0.1, metadata={"help": "fraction of each stage's steps spent warming up"})
     schedule: str = field(default="cosine", metadata={"help": f"one of {SCHEDULES}"})
     augment: bool = field(default=True, metadata={
         "help": "random flip + resized crop while the backbone trains (head-only stages use cached features)"})
     val_fraction: float = field(default=0.2, metadata={"help": "held out per class when no validation set is given"})
     patience: int = field(default=5, metadata={"help": "early stopping: epochs without validation improvement"})
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata={"help": "before the new head"})
     train_bn: bool = field(default=False, metadata={
         "help": "update the running statistics of BatchNorm layers that are being fine-tuned; False keeps "
                 "every BN in inference mode (Keras' advice for small datasets). Frozen BN never updates."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seeds the split, initialisation, sample order and augmentation"})
     precision: str = field(default="auto", metadata={"help": f"one of {PRECISIONS}; auto = bf16 where the CPU/GPU supports it"})
     strict: bool = field(default=False, metadata={"help": "fail on the first unreadable image instead of skipping it"})
-    use_feature_cache: bool = True
+    use_feature_cache: bool = field(default=True, metadata={
+        "flag": "feature-cache",
+        "help": "cache frozen-backbone features on disk ($HEADSTART_CACHE) and frozen-prefix outputs in memory"})
     cut_stage: int | None = field(default=None, metadata={
         "help": "keep backbone stages 0..K and drop the ones above (their pooled features did not help; "
                 "see `headstart plan`); None keeps every stage. strategy 'auto' sets it from the plan."})
     baselines: bool = field(default=True, metadata={
-        "help": "after the fit, compare with a linear probe and a small from-scratch model trained for the "
-                "same wall time on the same split, and warn when transfer did not help (baselines.py)"})
+        "help": "after the fit, compare with a linear probe and a model without pretraining on the same split "
+                "(images: a small net trained from scratch for the same wall time; texts: TF-IDF + logistic "
+                "regression), and warn when transfer did not help"})
     baseline_seconds: float | None = field(default=None, metadata={
         "help": "wall-time budget of the from-scratch model; None = the transfer model's training time"})
 

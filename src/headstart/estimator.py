@@ -169,9 +169,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.fit_seconds_ = round(time.perf_counter() - t0, 2)
         # What transfer bought: the linear probe and a no-pretraining model, on the same split.
         self.baselines_ = baselines.run(self, data, train_ex, val_ex) if baselines is not None else None
+        self.run_ = None
         if out is not None and main:  # one writer when several processes train
             self.save(out)
             checkpoint_path.unlink(missing_ok=True)  # the finished run supersedes it
+            self.run_ = Run.open(out)
         return self
 
     def _split(self, labelled, validation, cfg: TrainConfig):

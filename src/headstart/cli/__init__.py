@@ -11,40 +11,26 @@ from typing import List, Optional
 
 import typer
 
+from headstart.cli import render
+from headstart.cli.options import with_config_options
 from headstart.cli.progress import EpochProgress
+from headstart.config import DEFAULT_BACKBONE, TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: fine-tune pretrained models on your data.")
 
 
-def _console(stderr: bool = True):
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
 @app.command()
+@with_config_options(TrainConfig)
 def train(
     data: str = typer.Argument(..., help="Images: a folder with one subfolder per class, or a CSV (path,label). "
                                "Texts (hf:/vectors: backbones): a CSV, TSV, JSONL, JSON or Parquet file."),
     out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run directory to write."),
-    backbone: str = typer.Option("timm:tf_efficientnet_lite0", help="Pretrained backbone (see `headstart backbones`)."),
-    strategy: str = typer.Option("two-stage", help="linear-probe | partial | full | two-stage | auto (runs `headstart plan`)"),
-    freeze_stages: Optional[int] = typer.Option(None, help="partial: stages kept frozen; two-stage: unfreeze from this stage."),
-    epochs: int = typer.Option(8, help="Epochs while the backbone trains."),
-    head_epochs: int = typer.Option(40, help="Epochs of head-only training (on cached features)."),
-    head_min_steps: int = typer.Option(500, help="At least this many optimizer steps of head-only training."),
-    batch_size: int = typer.Option(32),
-    lr: float = typer.Option(1e-3, help="Learning rate of the new head."),
-    backbone_lr_ratio: float = typer.Option(0.1, help="Backbone LR = lr x this."),
-    layer_decay: Optional[float] = typer.Option(None, help="Per-stage LR decay from the top (default 0.8 two-stage)."),
-    val: Optional[str] = typer.Option(None, help="Validation folder/CSV (default: a stratified split)."),
-    val_fraction: float = typer.Option(0.2),
-    augment: bool = typer.Option(True, help="Random flip + resized crop while the backbone trains."),
-    precision: str = typer.Option("auto", help="auto | bf16 | fp32"),
-    seed: int = typer.Option(0),
-    strict: bool = typer.Option(False, help="Fail on unreadable images instead of skipping them."),
-    path_column: str = typer.Option("path", help="CSV column with image paths."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, help="Pretrained backbone (see `headstart backbones`); "
+                                 "hf: and vectors: backbones read texts."),
+    val: Optional[str] = typer.Option(None, help="Validation folder/table (default: a stratified split, see "
+                                      "--val-fraction)."),
+    path_column: str = typer.Option("path", help="Image CSVs: the column with image paths."),
     label_column: Optional[str] = typer.Option(None, help="Column with labels (default: label; for text also "
                                                "labels, target or class)."),
     text_column: Optional[str] = typer.Option(None, help="Text data: column with the texts (default: text, or "
@@ -52,22 +38,22 @@ def train(
     pooling: Optional[str] = typer.Option(None, help="Text backbones: mean | cls | max (hf:), mean | tfidf "
                                           "(vectors:); default: the model's own configuration, else mean."),
     max_length: Optional[int] = typer.Option(None, help="Text backbones: tokens per text (default: the model's own)."),
-    pretrained: bool = typer.Option(True, "--pretrained/--random-init", help="Start from pretrained weights (default) or from scratch."),
+    pretrained: bool = typer.Option(True, "--pretrained/--random-init",
+                                    help="Start from pretrained weights (default) or from random ones."),
     allow_unsafe_pickle: bool = typer.Option(False, "--allow-unsafe-pickle",
                                              help="Let file: backbones unpickle arbitrary objects. Only for files you trust."),
-    cut_stage: Optional[int] = typer.Option(None, help="Keep backbone stages 0..K, drop the ones above "
-                                            "(see `headstart plan`; --strategy auto sets it)."),
-    baselines: bool = typer.Option(True, "--baselines/--no-baselines",
-                                   help="Compare with a linear probe and a from-scratch model trained for the same time."),
-    baseline_seconds: Optional[float] = typer.Option(None, help="Time budget of the from-scratch model "
-                                                     "(default: the transfer model's training time)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     resume: bool = typer.Option(False, "--resume", help="Continue this --out run from its last checkpoint."),
+    config: TrainConfig = None,
 ):
-    """Fine-tune a pretrained backbone on labelled images and save the run."""
-    args = dict(locals())
-    args["out"] = str(out)
-    _run_train(args, resume=resume)
+    """Fine-tune a pretrained backbone on labelled images or texts and save the run.
+
+    Every training option below the inputs is a field of headstart.TrainConfig (same name, same default).
+    """
+    args = {"data": data, "out": str(out), "backbone": backbone, "val": val, "path_column": path_column,
+            "label_column": label_column, "text_column": text_column, "pooling": pooling, "max_length": max_length,
+            "pretrained": pretrained, "allow_unsafe_pickle": allow_unsafe_pickle, "config": config.to_dict()}
+    _run_train(args, resume=resume, quiet=quiet)
 
 
 @app.command()
@@ -81,74 +67,37 @@ def resume(run: Path = typer.Argument(..., help="The --out directory of an inter
         raise HeadstartError(f"{str(run)!r} has no {TRAIN_ARGS}; it was not started by `headstart train`.")
     args = json.loads(path.read_text())
     args["out"] = str(run)
-    _run_train(args, resume=True)
+    _run_train(args, resume=True, quiet=False)
 
 
-def _run_train(args: dict, resume: bool) -> None:
-    from headstart.config import TrainConfig
+def _config_of(args: dict) -> TrainConfig:
+    """The TrainConfig of a train_args.json; headstart 0.1.0 wrote its fields flat among the other options."""
+    if "config" in args:
+        return TrainConfig.from_dict(args["config"])
+    fields = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in args.items() if k in fields})
+
+
+def _run_train(args: dict, resume: bool, quiet: bool) -> None:
     from headstart.estimator import TransferClassifier
     from headstart.io.run import TRAIN_ARGS
     from headstart.storage import check_writable, write_json
 
-    names = ("strategy", "freeze_stages", "epochs", "head_epochs", "head_min_steps", "batch_size", "lr", "backbone_lr_ratio",
-             "layer_decay", "val_fraction", "augment", "precision", "seed", "strict", "cut_stage", "baselines",
-             "baseline_seconds")
-    cfg = TrainConfig(**{k: args[k] for k in names if k in args})  # train_args.json of older runs lack some
+    cfg = _config_of(args)
     out = Path(args["out"])
-    console = _console()
-    clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args["pretrained"],
+    clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args.get("pretrained", True),
                              allow_unsafe_pickle=args.get("allow_unsafe_pickle", False),
-                             path_column=args["path_column"], text_column=args.get("text_column"),
+                             path_column=args.get("path_column", "path"), text_column=args.get("text_column"),
                              label_column=args.get("label_column"), pooling=args.get("pooling"),
                              max_length=args.get("max_length"))
-    x, validation = args["data"], args["val"]  # read (and checked) by the run's modality in fit
     check_writable(out)
     if not resume:
-        write_json(out / TRAIN_ARGS, {k: v for k, v in args.items() if k not in ("quiet", "resume")})
-    with EpochProgress(console, args.get("quiet", False)) as progress:
-        clf.fit(x, validation=validation, out=out, progress=progress, resume=resume)
-    _print_fit_summary(console, clf, out)
-
-
-def _print_fit_summary(console, clf, out) -> None:
-    m = clf.final_metrics_()
-    skipped = clf.data_info_["n_skipped"]
-    kind = clf.modality_.noun
-    console.print(f"[green]saved[/green] {out}  ({clf.data_info_['n_train']} train / {clf.data_info_['n_val']} val {kind}, "
-                  f"{len(clf.classes_)} classes, {clf.fit_seconds_:.1f}s, "
-                  f"{clf.history_.precision} training / {clf.history_.inference_precision} inference)")
-    if "val_acc" in m:
-        console.print(f"best validation accuracy {m['val_acc']:.4f} ({m['phase']} epoch {m['epoch']})")
-    if skipped:
-        console.print(f"[yellow]skipped {skipped} unusable {kind[:-1]}(s):[/yellow]")
-        for name, why in clf.data_info_["skipped"][:10]:
-            console.print(f"  {name}: {why}")
-    _print_baselines(console, getattr(clf, "baselines_", None))
-
-
-def _print_baselines(console, rep) -> None:
-    if not rep:
-        return
-    if "skipped" in rep:
-        console.print(f"baselines: {rep['skipped']}")
-        return
-    if "tfidf_logreg" in rep:  # a text run: the no-pretraining baseline is TF-IDF + logistic regression
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        console.print(f"validation accuracy: transfer {fmt(rep['transfer']['val_acc'])} | linear probe "
-                      f"{fmt(rep['linear_probe']['val_acc'])} | TF-IDF + logistic regression "
-                      f"{fmt(rep['tfidf_logreg']['val_acc'])} on {rep['n_val']} texts")
-        for w in rep["warnings"]:
-            console.print(f"[bold red]WARNING:[/bold red] {w}", highlight=False)
-        return
-    lp, sc = rep["linear_probe"], rep["scratch"]
-    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    console.print(f"validation accuracy: transfer {fmt(rep['transfer']['val_acc'])} | linear probe {fmt(lp['val_acc'])} "
-                  f"| from scratch {fmt(sc['val_acc'])} ({sc['epochs']} epochs, {sc['seconds']:.0f}s at "
-                  f"{sc['input_size']}px) on {rep['n_val']} images")
-    if rep["compute_saved"].get("summary"):
-        console.print(f"compute saved: {rep['compute_saved']['summary']}", highlight=False)
-    for w in rep["warnings"]:
-        console.print(f"[bold red]WARNING:[/bold red] {w}", highlight=False)
+        write_json(out / TRAIN_ARGS, args)
+    console = render.console()
+    with EpochProgress(console, quiet) as progress:
+        clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
+    if clf.run_ is not None:  # the main process saved the run; the others have nothing to report
+        render.print_fit_summary(console, clf.run_, clf.fit_seconds_)
 
 
 @app.command()
@@ -177,7 +126,7 @@ def predict(
     for r in rows:
         if "probabilities" in r and top:
             r["probabilities"] = dict(sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:top])
-    _write_predictions(rows, output)
+    render.write_predictions(rows, output)
     if failed:
         raise typer.Exit(1)
 
@@ -230,30 +179,6 @@ def _predict_images(clf, inputs, input_file, path_column) -> tuple[list[dict], i
     return rows, len(skipped)
 
 
-def _write_predictions(rows: list[dict], output: Path | None) -> None:
-    """JSON lines on stdout, or a .jsonl / .csv file (one probability column per class)."""
-    if output is None or output.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(text, encoding="utf-8")
-        return
-    import csv
-
-    classes = list(dict.fromkeys(c for r in rows for c in r.get("probabilities", {})))
-    keys = list(dict.fromkeys(k for r in rows for k in r if k != "probabilities"))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(keys + [f"p_{c}" for c in classes])
-        for r in rows:
-            probs = r.get("probabilities", {})
-            w.writerow([r.get(k, "") for k in keys] + [probs.get(c, "") for c in classes])
-    _console().print(f"wrote {len(rows)} predictions to {output}")
-
-
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run directory written by `headstart train`."),
@@ -268,24 +193,7 @@ def evaluate(
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    _print_report(report)
-
-
-def _print_report(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    console.print(f"accuracy [bold]{report['accuracy']:.4f}[/bold]  macro-F1 {report['macro_f1']:.4f}  "
-                  f"({report['n']} examples, {report['n_skipped']} skipped)")
-    table = Table("class", "precision", "recall", "F1", "support")
-    for c, m in report["per_class"].items():
-        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    console.print(table)
-    cm = Table("true \\ predicted", *[c[:10] for c in report["classes"]], title="confusion matrix")
-    for c, row in zip(report["classes"], report["confusion_matrix"]):
-        cm.add_row(c[:16], *[str(v) for v in row])
-    console.print(cm)
+    render.print_report(report)
 
 
 @app.command()
@@ -303,7 +211,7 @@ def backbones(
 
         bb = get_backbone(stages)
         if bb.modality == "text":
-            _print_text_stages(console, bb)
+            render.print_text_stages(console, bb)
             return
         t = Table("#", "stage", "params", "output channels", "backbone params with --cut-stage #",
                   title=f"{bb.spec}: {bb.num_features} features, input {bb.preprocess.input_size}px")
@@ -319,18 +227,6 @@ def backbones(
     for row in list_backbones():
         t.add_row(row["spec"], row["weights"], "yes" if row["offline"] else "no", row["how"])
     console.print(t)
-
-
-def _print_text_stages(console, bb) -> None:
-    from rich.table import Table
-
-    t = Table("#", "stage", "params", title=f"{bb.spec}: {bb.num_features} features, up to "
-              f"{bb.preprocess.max_length} tokens, {bb.preprocess.pooling} pooling")
-    params = dict(bb.module.named_parameters())
-    for i, s in enumerate(bb.stages):
-        t.add_row(str(i), s.name, f"{sum(params[n].numel() for n in s.param_names):,}")
-    console.print(t)
-    console.print("--freeze-stages K freezes stages 0..K-1 (embeddings first).")
 
 
 @app.command()
@@ -432,10 +328,10 @@ def main() -> None:
     try:
         app()
     except HeadstartError as exc:
-        _console().print(f"[red]error:[/red] {exc}", highlight=False)
+        render.console().print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
-        _console().print("[yellow]interrupted[/yellow]")
+        render.console().print("[yellow]interrupted[/yellow]")
         sys.exit(130)
 
 

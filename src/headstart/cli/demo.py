@@ -26,6 +26,7 @@ def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/d
     from rich.table import Table
 
     from headstart.cli.progress import EpochProgress
+    from headstart.cli.render import print_baselines
     from headstart.data.datasets import (
         FASHION_MNIST_CLASSES,
         fashion_mnist,
@@ -51,10 +52,7 @@ def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/d
         with EpochProgress(console, quiet=False) as progress:
             clf.fit(x_train[idx], names, out=Path(out) / strategy, progress=progress)
         fit_s = time.perf_counter() - t0
-        if getattr(clf, "baselines_", None):
-            from headstart.cli import _print_baselines
-
-            _print_baselines(console, clf.baselines_)
+        print_baselines(console, clf.run_.meta.get("baselines"))
         report = clf.evaluate(x_test, test_names)
         total = time.perf_counter() - t0
         results[strategy] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],

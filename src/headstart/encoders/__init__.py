@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from headstart.config import DEFAULT_BACKBONE
 from headstart.data.preprocess import PreprocessConfig
 from headstart.encoders.base import Backbone, Stage
 from headstart.errors import BackboneError, did_you_mean
@@ -52,7 +53,6 @@ def source_modality(spec: str) -> str:
     _check_spec(spec)
     return SOURCE_MODALITY[spec.partition(":")[0]]
 
-DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"
 
 
 def get_backbone(spec: str, **kwargs) -> Backbone:

@@ -1,0 +1,106 @@
+"""What the command line prints: fit summaries, baseline comparisons, evaluation reports, predictions.
+
+Renderers read the fitted estimator or the typed run; the demo uses these same public functions.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def print_fit_summary(console, run, fit_seconds: float) -> None:
+    """What a finished ``train`` saved, read back from the run directory (a :class:`~headstart.io.run.Run`)."""
+    m, data, history = run.metrics, run.data, run.meta["history"]
+    kind = "images" if run.modality == "image" else "texts"
+    console.print(f"[green]saved[/green] {run.path}  ({data.n_train} train / {data.n_val} val {kind}, "
+                  f"{len(run.classes)} classes, {fit_seconds:.1f}s, "
+                  f"{history['precision']} training / {history['inference_precision']} inference)")
+    if "val_acc" in m:
+        console.print(f"best validation accuracy {m['val_acc']:.4f} ({m['phase']} epoch {m['epoch']})")
+    if data.n_skipped:
+        console.print(f"[yellow]skipped {data.n_skipped} unusable {kind[:-1]}(s):[/yellow]")
+        for name, why in data.skipped[:10]:
+            console.print(f"  {name}: {why}")
+    print_baselines(console, run.meta.get("baselines"))
+
+
+def print_baselines(console, rep) -> None:
+    """One line per model on the same validation split, then what it means (the saved comparison, any modality)."""
+    if not rep:
+        return
+    if "skipped" in rep:
+        console.print(f"baselines: {rep['skipped']}")
+        return
+    simple = rep[rep["simple"]]
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    if rep["simple"] == "scratch":
+        what = (f"from scratch {fmt(simple['val_acc'])} ({simple['epochs']} epochs, {simple['seconds']:.0f}s at "
+                f"{simple['input_size']}px) on {rep['n_val']} images")
+    else:
+        what = f"TF-IDF + logistic regression {fmt(simple['val_acc'])} on {rep['n_val']} texts"
+    console.print(f"validation accuracy: transfer {fmt(rep['transfer']['val_acc'])} | linear probe "
+                  f"{fmt(rep['linear_probe']['val_acc'])} | {what}")
+    if (rep.get("compute_saved") or {}).get("summary"):
+        console.print(f"compute saved: {rep['compute_saved']['summary']}", highlight=False)
+    for w in rep["warnings"]:
+        console.print(f"[bold red]WARNING:[/bold red] {w}", highlight=False)
+
+
+def write_predictions(rows: list[dict], output: Path | None) -> None:
+    """JSON lines on stdout, or a .jsonl / .csv file (one probability column per class)."""
+    if output is None or output.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text, encoding="utf-8")
+        return
+    import csv
+
+    classes = list(dict.fromkeys(c for r in rows for c in r.get("probabilities", {})))
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "probabilities"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(keys + [f"p_{c}" for c in classes])
+        for r in rows:
+            probs = r.get("probabilities", {})
+            w.writerow([r.get(k, "") for k in keys] + [probs.get(c, "") for c in classes])
+    console().print(f"wrote {len(rows)} predictions to {output}")
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"accuracy [bold]{report['accuracy']:.4f}[/bold]  macro-F1 {report['macro_f1']:.4f}  "
+                  f"({report['n']} examples, {report['n_skipped']} skipped)")
+    table = Table("class", "precision", "recall", "F1", "support")
+    for c, m in report["per_class"].items():
+        table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+    cm = Table("true \\ predicted", *[c[:10] for c in report["classes"]], title="confusion matrix")
+    for c, row in zip(report["classes"], report["confusion_matrix"]):
+        cm.add_row(c[:16], *[str(v) for v in row])
+    console.print(cm)
+
+
+def print_text_stages(console, bb) -> None:
+    from rich.table import Table
+
+    t = Table("#", "stage", "params", title=f"{bb.spec}: {bb.num_features} features, up to "
+              f"{bb.preprocess.max_length} tokens, {bb.preprocess.pooling} pooling")
+    params = dict(bb.module.named_parameters())
+    for i, s in enumerate(bb.stages):
+        t.add_row(str(i), s.name, f"{sum(params[n].numel() for n in s.param_names):,}")
+    console.print(t)
+    console.print("--freeze-stages K freezes stages 0..K-1 (embeddings first).")
