@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from headstart.errors import HeadstartError, check_choice
+from headstart.errors import HeadstartError, check_choice, did_you_mean
 
 STRATEGIES = ("linear-probe", "partial", "full", "two-stage", "auto")  # auto: measured plan, see planning.py
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -103,7 +103,6 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            from headstart.errors import did_you_mean
 
             raise HeadstartError(f"Unknown training option {unknown[0]!r}." + did_you_mean(unknown[0], names))
         return cls(**d)

@@ -21,8 +21,15 @@ import numpy as np
 import torch
 
 from headstart.assess import transferability as T
+from headstart.data import as_examples, decode_all, stratified_split
+from headstart.device import default_device, resolve_precision
+from headstart.encoders.base import tensors_sha256
 from headstart.encoders.chain import sequential_chain, stage_chain_ends
+from headstart.encoders.model import TransferModel
 from headstart.errors import HeadstartError
+from headstart.features.cache import feature_key, pixels_sha256
+from headstart.features.fastpath import cast_for_cpu, folded_copy
+from headstart.storage import atomic_path, cache_dir
 
 REFERENCE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "brick",
                     "grass", "gravel", "hubble_deep_field")
@@ -87,8 +94,6 @@ def _run_chain(model, modules, ends, pixels, *, dtype, channels_last, autocast, 
 
 def _fast_chain(model, chain, probe: torch.Tensor, precision: str, device):
     """(modules, input dtype, channels_last, autocast) to run ``chain`` as fast as is faithful."""
-    from headstart.features.fastpath import cast_for_cpu, folded_copy
-
     plain = [m for _, m in chain], torch.float32, False, precision == "bf16"
     if torch.device(device).type != "cpu":
         return plain
@@ -112,10 +117,6 @@ def cached_stage_features(model, stages, pixels: torch.Tensor, *, preprocess, pr
     weights, preprocessing, the stage list, precision and the pixels' hash), so ``plan`` followed by
     ``train --strategy auto`` or a second ``plan`` -- and the fixed reference photos, every time --
     pay for the pass once."""
-    from headstart.encoders.base import tensors_sha256
-    from headstart.features.cache import feature_key, pixels_sha256
-    from headstart.storage import atomic_path, cache_dir
-
     key = feature_key(weights_sha256=weights_sha256 or tensors_sha256(model.backbone.state_dict()),
                       preprocess=preprocess, layer="stages:" + "|".join(st.name for st in stages),
                       precision=precision, data_sha256=pixels_sha256(pixels))
@@ -183,7 +184,6 @@ class Plan:
 def profile(model, stages, pixels, labels, *, precision: str, device, reference_pixels=None, seed: int = 0,
             preprocess=None) -> list[StageProfile]:
     """Score every stage; with ``preprocess`` given, stage features go through the on-disk cache."""
-    from headstart.encoders.base import tensors_sha256
 
     def features(px):
         if preprocess is None:
@@ -292,10 +292,6 @@ def make_plan(rows: list[StageProfile], per_class: float, n_images: int | None =
 
 def plan_for_data(examples, backbone, *, max_images: int = 600, precision: str = "auto", seed: int = 0):
     """Profile ``backbone`` on (a stratified subsample of) labelled ``examples`` and plan from it."""
-    from headstart.data import decode_all, stratified_split
-    from headstart.device import default_device, resolve_precision
-    from headstart.encoders.model import TransferModel
-
     classes = sorted(set(map(str, examples.labels)))
     per_class = len(examples) / len(classes)
     ex = examples
@@ -308,8 +304,6 @@ def plan_for_data(examples, backbone, *, max_images: int = 600, precision: str =
     decoded = decode_all(ex, backbone.preprocess)
     labels = np.asarray([str(ex.labels[i]) for i in decoded.index])
     try:
-        from headstart.data import as_examples
-
         ref = decode_all(as_examples(reference_images(seed=seed)), backbone.preprocess).pixels
     except HeadstartError:
         ref = None  # no scikit-image: plan without the similarity part

@@ -20,9 +20,11 @@ from headstart.data import (
     decode_all,
     stratified_split,
 )
+from headstart.data.texts import load_texts
 from headstart.device import default_device, resolve_precision
 from headstart.encoders import get_backbone, source_modality
 from headstart.encoders.model import TransferModel
+from headstart.encoders.text import tokenize
 from headstart.errors import DataError
 from headstart.features.cache import cached_features
 
@@ -54,9 +56,6 @@ def rank(data, backbones: Sequence[str], *, y=None, max_images: int = 1000, boot
 
 
 def _rank_text(data, backbones, *, y, max_examples: int, rounds: int, precision: str, seed: int) -> list[dict]:
-    from headstart.data.texts import load_texts
-    from headstart.encoders.text import tokenize
-
     ex = load_texts(data, y, require_labels=True)
     class_list(ex.labels)
     if len(ex) > max_examples:

@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from headstart.errors import DataError
+
 
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
     """LogME, with the paper's fixed-point updates of alpha and beta, per class one-vs-rest.
@@ -248,7 +250,6 @@ def _dense_labels(labels) -> np.ndarray:
 def _folds(y: np.ndarray, folds: int) -> int:
     smallest = int(np.bincount(y).min())
     if smallest < 2:
-        from headstart.errors import DataError
 
         raise DataError("Cross-validated scores need at least 2 examples of every class.")
     return max(2, min(folds, smallest))

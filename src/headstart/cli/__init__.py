@@ -82,6 +82,7 @@ def _run_train(args: dict, resume: bool, quiet: bool) -> None:
     from headstart.estimator import TransferClassifier
     from headstart.io.run import TRAIN_ARGS
     from headstart.storage import check_writable, write_json
+    from headstart.train.distributed import is_main_process
 
     cfg = _config_of(args)
     out = Path(args["out"])
@@ -91,7 +92,7 @@ def _run_train(args: dict, resume: bool, quiet: bool) -> None:
                              label_column=args.get("label_column"), pooling=args.get("pooling"),
                              max_length=args.get("max_length"))
     check_writable(out)
-    if not resume:
+    if not resume and is_main_process():  # one writer when several processes train
         write_json(out / TRAIN_ARGS, args)
     console = render.console()
     with EpochProgress(console, quiet) as progress:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from headstart.encoders.base import Backbone, Stage, tensors_sha256
+from headstart.encoders.chain import sequential_chain, stage_chain_ends
 from headstart.errors import HeadstartError
 
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Flatten)
@@ -36,8 +37,6 @@ def check_cut(cut: int, num_stages: int) -> None:
 
 def truncate_module(module: nn.Module, stages: list[Stage], cut: int) -> tuple[nn.Module, list[Stage], int]:
     """Keep stages ``0..cut`` of ``module`` (in place); returns (module, kept stages, num_features)."""
-    from headstart.encoders.chain import sequential_chain, stage_chain_ends
-
     check_cut(cut, len(stages))
     if cut == len(stages) - 1:  # the top stage: nothing to drop
         return module, list(stages), int(module.num_features)
@@ -114,8 +113,6 @@ def truncate_backbone(backbone: Backbone, cut: int | None) -> Backbone:
 
 def stage_summary(module: nn.Module, stages: list[Stage]) -> list[dict]:
     """Per stage: its parameters, its output channels, and the backbone's size if cut after it."""
-    from headstart.encoders.chain import sequential_chain, stage_chain_ends
-
     params = dict(module.named_parameters())
     own = [sum(params[n].numel() for n in s.param_names if n in params) for s in stages]
     channels: list[int | None] = [None] * len(stages)

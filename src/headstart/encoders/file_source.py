@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from headstart.data.preprocess import PreprocessConfig
-from headstart.encoders.base import Backbone
+from headstart.encoders.base import Backbone, timm_stages
+from headstart.encoders.cut import truncate_module
 from headstart.encoders.timm_source import from_timm_model
 from headstart.errors import BackboneError
 from headstart.storage import PICKLE_SUFFIXES, load_weights
@@ -64,8 +65,6 @@ def build_file(spec_path: str, *, allow_unsafe_pickle: bool = False) -> Backbone
     except RuntimeError as exc:
         raise BackboneError(f"{arch!r} in {str(weights)!r}'s config is not a timm architecture.") from exc
     if cfg.get("cut_stage") is not None:
-        from headstart.encoders.base import timm_stages
-        from headstart.encoders.cut import truncate_module
 
         model, _, _ = truncate_module(model, timm_stages(model), int(cfg["cut_stage"]))
     state = load_weights(weights, allow_unsafe_pickle=allow_unsafe_pickle)

@@ -12,7 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from headstart.data.preprocess import TextPreprocess
 from headstart.encoders.base import Backbone, tensors_sha256
+from headstart.encoders.text import HFEncoder, HFTokenizer, transformer_stages
 from headstart.errors import BackboneError, did_you_mean
 
 
@@ -60,8 +62,6 @@ def build_hf(name: str, *, pooling: str | None = None, max_length: int | None = 
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from headstart.data.preprocess import TextPreprocess
-    from headstart.encoders.text import HFEncoder, HFTokenizer, transformer_stages
 
     hf_logging.disable_progress_bar()  # our own progress display; no per-tensor loading bars
 
@@ -133,7 +133,6 @@ def empty_hf(directory: Path, preprocess) -> tuple:
     """Rebuild a saved run's encoder and tokenizer from the files ``save_text_files`` wrote (offline)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from headstart.encoders.text import HFEncoder, HFTokenizer
 
     config = AutoConfig.from_pretrained(directory)
     module = HFEncoder(AutoModel.from_config(config).eval(), pooling=preprocess.pooling,

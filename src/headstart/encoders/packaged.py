@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 
 from headstart.errors import BackboneError
-from headstart.storage import cache_dir, file_sha256, load_weights, save_safetensors  # noqa: F401
+from headstart.storage import (  # noqa: F401
+    cache_dir,
+    file_sha256,
+    load_weights,
+    save_safetensors,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,6 @@ def packaged_state_dict(name: str, model: torch.nn.Module) -> tuple[dict[str, to
     converted = convert_by_position(load_weights(src), model.state_dict(), source=src)
     save_safetensors(converted, cached, metadata={"source": entry.pip_name, "source_sha256": actual})
     sha = file_sha256(cached)
-    from headstart.storage import write_json
 
     write_json(record, {"sha256": sha, "source": entry.pip_name, "source_sha256": actual})
     return converted, sha

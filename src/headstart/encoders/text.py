@@ -16,6 +16,7 @@ from torch import nn
 
 from headstart.encoders.base import Stage
 from headstart.errors import BackboneError
+from headstart.storage import atomic_path
 
 POOLINGS = ("mean", "cls", "max", "tfidf")
 
@@ -175,7 +176,6 @@ class WordTokenizer:
     def save(self, directory) -> None:
         from pathlib import Path
 
-        from headstart.storage import atomic_path
 
         with atomic_path(Path(directory) / "vocab.txt") as tmp:
             tmp.write_text("\n".join(self.words) + "\n", encoding="utf-8")

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from headstart.encoders.base import Backbone, tensors_sha256
+from headstart.data.preprocess import TextPreprocess
+from headstart.encoders.base import Backbone, Stage, tensors_sha256
+from headstart.encoders.text import BagOfVectors, WordTokenizer
 from headstart.errors import BackboneError, did_you_mean
 
 PACKAGED_VECTORS = {
@@ -27,8 +29,6 @@ VOCAB_NAMES = ("{stem}.vocab", "{stem}.vocab.txt", "{stem}.words.txt", "vocab.tx
 
 def build_vectors(name: str, *, pooling: str | None = None, max_length: int | None = None,
                   vocab: str | None = None) -> Backbone:
-    from headstart.data.preprocess import TextPreprocess
-    from headstart.encoders.text import BagOfVectors, WordTokenizer
 
     if pooling not in (None, "mean", "tfidf"):  # before reading a large vector file
         raise BackboneError(f"pooling {pooling!r} is not available for vectors: backbones; use mean or tfidf.")
@@ -39,7 +39,6 @@ def build_vectors(name: str, *, pooling: str | None = None, max_length: int | No
         module.embeddings.weight[1:] = torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
     preprocess = TextPreprocess(kind="vectors", max_length=int(max_length or 1024), pooling=module.pooling,
                                 lowercase=lowercase)
-    from headstart.encoders.base import Stage
 
     return Backbone(
         spec=f"vectors:{name}", architecture="vectors", module=module, num_features=int(matrix.shape[1]),
@@ -145,8 +144,6 @@ def read_word2vec_binary(path: Path) -> tuple[list[str], np.ndarray]:
 
 def empty_vectors(directory: Path, preprocess, state: dict) -> tuple:
     """Rebuild a saved run's bag-of-vectors encoder and tokenizer (offline, from the run directory)."""
-    from headstart.encoders.text import BagOfVectors, WordTokenizer
-
     words = read_vocab(directory / "vocab.txt")
     rows, dim = state["backbone.embeddings.weight"].shape
     return (BagOfVectors(rows, dim, pooling=preprocess.pooling),

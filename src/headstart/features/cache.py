@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from headstart.data.images import iter_decoded
 from headstart.data.preprocess import PreprocessConfig
 from headstart.device import chunks
 from headstart.encoders.base import tensors_sha256
@@ -126,7 +127,6 @@ def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, 
     decoded pixels), ``compute_s``, ``write_s``, ``wall_s``, ``images`` and the extraction ``path``.
     Returns (features memmap, indices of the decoded images, skipped).
     """
-    from headstart.data.images import iter_decoded
 
     key = feature_key(weights_sha256=tensors_sha256(model.backbone.state_dict()), preprocess=preprocess,
                       layer="pooled", precision=precision, data_sha256=examples_sha256(ex))

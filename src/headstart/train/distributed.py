@@ -14,18 +14,29 @@ writer?" questions, the feature cache's "who computes first?"), so nothing re-re
   by the main process first, then read by the others.
 * BatchNorm: frozen backbone layers and, by default (``train_bn=False``), every BatchNorm while
   fine-tuning use their pretrained running statistics in eval mode, so processes never need to agree on
-  batch statistics. SyncBatchNorm is GPU-only in PyTorch; with ``train_bn=True`` each process updates its
-  own statistics from its own batches and the main process's are the ones saved (a warning says so).
+  batch statistics. SyncBatchNorm is GPU-only in PyTorch; with ``train_bn=True``, DDP hands every process
+  the main process's statistics before each forward (its default), so they are estimated from the main
+  process's batches only (the fit warns).
+* Launch with ``torchrun --nproc_per_node N -m headstart.cli train ...`` (or ``accelerate launch
+  --multi_gpu --num_processes N``, which runs torchrun). ``accelerate launch --cpu --num_processes N``
+  starts one process unless accelerate is configured for MPI (accelerate #2741); a launch whose
+  processes did not join one group is refused.
 
 Work only the main process does (the baselines) must not enter a collective the others will not:
 it runs on :data:`LOCAL`, a single-process runtime with the same small interface.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import datetime
 import logging
+import os
 
 import torch
+
+from headstart.device import default_device
+from headstart.errors import HeadstartError
 
 log = logging.getLogger("headstart")
 
@@ -40,7 +51,53 @@ def make_accelerator(precision: str):
     if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed:
         AcceleratorState._reset_state()
         GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed)
+    process_state()  # the process group first, formed the way headstart needs it
+    accel = Accelerator(mixed_precision=mixed, cpu=default_device().type == "cpu")
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched != accel.num_processes:
+        raise HeadstartError(f"The launcher started {launched} processes but accelerate joined {accel.num_processes}; "
+                             "launch with `torchrun --nproc_per_node N -m headstart.cli ...`.")
+    return accel
+
+
+def process_state():
+    """Accelerate's process state (rank, world size), created once per process.
+
+    Where headstart trains on the CPU (no CUDA) it says so: under torchrun, accelerate forms a CPU
+    process group (gloo) only when told ``cpu``, and would otherwise run every process as a lone
+    trainer, each writing the run. The group is destroyed at exit: a gloo process that exits right
+    after its last collective can otherwise abort ("terminate called without an active exception").
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=default_device().type == "cpu")
+    if state.num_processes > 1 and not _cleanup_registered:
+        _register_cleanup()
+    return state
+
+
+_cleanup_registered = False
+
+
+def _register_cleanup() -> None:
+    global _cleanup_registered
+
+    def destroy() -> None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        try:  # wait until every process is done with the group: a peer still sending would abort
+            torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+        except RuntimeError:  # a peer failed or is gone: nothing left to wait for
+            pass
+        torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
+    _cleanup_registered = True
+
+
+def is_main_process() -> bool:
+    """Whether this process writes shared files (the main one of a launch, or a lone process)."""
+    return process_state().is_main_process
 
 
 class LocalRuntime:

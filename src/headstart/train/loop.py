@@ -9,6 +9,7 @@ per fit (``distributed.py``); the loop is ours.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -39,6 +40,7 @@ from headstart.train.objectives import Batch, Objective
 from headstart.train.optim import adamw, head_groups, make_scheduler
 from headstart.train.strategies import Phase, apply_freeze, param_groups, plan_phases
 
+log = logging.getLogger("headstart")
 __all__ = ["History", "TrainData", "fit", "load_checkpoint", "preserved_rng", "seed_everything"]
 
 
@@ -129,6 +131,11 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
             "Cannot resume: the training images differ from those of the interrupted run (their hash "
             "changed). Resume with the same data, or start a new run without --resume.")
     model.train_bn = cfg.train_bn
+    if cfg.train_bn and accel.num_processes > 1:
+        log.warning("train_bn=True under %d processes: DDP hands every process the main process's BatchNorm "
+                    "statistics before each forward, so they are estimated from its batches only (SyncBatchNorm "
+                    "is GPU-only); the default, train_bn=False, keeps the pretrained statistics and needs no sync.",
+                    accel.num_processes)
     _hook(callbacks, "on_fit_start", state)
     for i, phase in enumerate(plan_phases(cfg, len(backbone.stages))):
         if i < state.first_phase:
@@ -219,9 +226,14 @@ def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: 
     order = torch.Generator().manual_seed(cfg.seed)  # the sample order: same seed, same order, new each epoch
     names = list(data.extra)
     train_set = TensorDataset(inputs.x, data.y_train, *data.extra.values())
-    loader = DataLoader(train_set, batch_size=inputs.batch_size, shuffle=True, generator=order,
-                        drop_last=len(inputs.x) > inputs.batch_size)
-    val_loader = DataLoader(TensorDataset(*inputs.val), batch_size=max(inputs.batch_size, 64)) if inputs.val else None
+    # Every process needs a full batch each step: with fewer examples than one global batch, shrink the
+    # per-process batch (else the one partial round is dropped, or padded with repeated examples), and
+    # drop an incomplete last round only when there is more than one.
+    n, world = len(inputs.x), accel.num_processes
+    batch_size = min(inputs.batch_size, math.ceil(n / world))
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order,
+                        drop_last=n > batch_size * world)
+    val_loader = DataLoader(TensorDataset(*inputs.val), batch_size=max(batch_size, 64)) if inputs.val else None
     optimizer = adamw(inputs.groups)
     # Stepped by us once per optimizer step (not through accelerate, which would step it once per
     # process): the learning rate at step k is the same whatever the number of processes.
