@@ -124,19 +124,19 @@ def run_evaluate(a: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- order
 def run_order(a: argparse.Namespace) -> None:
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import TensorDataset
 
     from headstart.train.distributed import make_accelerator
+    from headstart.train.loop import shuffled_loader
 
     accel = make_accelerator("fp32")
     runs = {}
     for seed in a.seeds:
-        # The construction of headstart.train.loop._train_phase: a fresh generator seeded with cfg.seed
-        # per phase, shuffle=True, drop_last when there is more than one batch, then accel.prepare. Only
-        # the dataset differs (the example indices themselves, so the order can be read off the batches).
+        # What headstart.train.loop._train_phase does: a fresh generator seeded with cfg.seed per phase,
+        # shuffled_loader, then accel.prepare. Only the dataset differs (the example indices themselves,
+        # so the order can be read off the batches).
         order = torch.Generator().manual_seed(seed)
-        loader = DataLoader(TensorDataset(torch.arange(a.n_examples)), batch_size=a.batch_size, shuffle=True,
-                            generator=order, drop_last=a.n_examples > a.batch_size)
+        loader = shuffled_loader(TensorDataset(torch.arange(a.n_examples)), a.batch_size, order, accel.num_processes)
         loader = accel.prepare(loader)
         epochs = []
         for _ in range(2):

@@ -41,7 +41,8 @@ from headstart.train.optim import adamw, head_groups, make_scheduler
 from headstart.train.strategies import Phase, apply_freeze, param_groups, plan_phases
 
 log = logging.getLogger("headstart")
-__all__ = ["History", "TrainData", "fit", "load_checkpoint", "preserved_rng", "seed_everything"]
+__all__ = ["History", "TrainData", "evaluate", "fit", "load_checkpoint", "preserved_rng", "seed_everything",
+           "shuffled_loader"]
 
 
 @dataclass
@@ -226,14 +227,8 @@ def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: 
     order = torch.Generator().manual_seed(cfg.seed)  # the sample order: same seed, same order, new each epoch
     names = list(data.extra)
     train_set = TensorDataset(inputs.x, data.y_train, *data.extra.values())
-    # Every process needs a full batch each step: with fewer examples than one global batch, shrink the
-    # per-process batch (else the one partial round is dropped, or padded with repeated examples), and
-    # drop an incomplete last round only when there is more than one.
-    n, world = len(inputs.x), accel.num_processes
-    batch_size = min(inputs.batch_size, math.ceil(n / world))
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=order,
-                        drop_last=n > batch_size * world)
-    val_loader = DataLoader(TensorDataset(*inputs.val), batch_size=max(batch_size, 64)) if inputs.val else None
+    loader = shuffled_loader(train_set, inputs.batch_size, order, accel.num_processes)
+    val_loader = DataLoader(TensorDataset(*inputs.val), batch_size=max(loader.batch_size, 64)) if inputs.val else None
     optimizer = adamw(inputs.groups)
     # Stepped by us once per optimizer step (not through accelerate, which would step it once per
     # process): the learning rate at step k is the same whatever the number of processes.
@@ -264,6 +259,18 @@ def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: 
     ph.module = accel.unwrap_model(module, keep_fp32_wrapper=False)
     accel.free_memory()
     return ph.records
+
+
+def shuffled_loader(dataset, batch_size: int, generator: torch.Generator, world: int) -> DataLoader:
+    """The training batches, before ``accel.prepare`` shares them out between ``world`` processes.
+
+    Every process needs a full batch each step: with fewer examples than one global batch the
+    per-process batch shrinks (else the one partial round would be dropped, or padded with repeated
+    examples), and an incomplete last round is dropped only when there is more than one."""
+    n = len(dataset)
+    batch_size = max(1, min(batch_size, math.ceil(n / world)))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                      drop_last=n > batch_size * world)
 
 
 def _epoch(module, loader, optimizer, scheduler, objective: Objective, phase: Phase, accel, augment,
