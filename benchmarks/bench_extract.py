@@ -5,7 +5,7 @@ Compared, on the same decoded 224 px Fashion-MNIST images:
   * naive: the loop most people write first: a freshly created
     ``timm.create_model("tf_efficientnet_lite0", num_classes=0)`` holding the same weights, eval mode,
     ``torch.no_grad()``, fp32, NCHW, batch 32, normalisation in the loop.
-  * headstart, compiled: ``headstart.features.compute_features`` as the library runs it on a large
+  * headstart, compiled: ``headstart.features.cache.compute_features`` as the library runs it on a large
     dataset (``compile="always"``, what ``compile="auto"`` picks from ``COMPILE_MIN_IMAGES`` images on):
     a private copy of the backbone with every BatchNorm folded into its convolution in fp32, weights
     cast once to bf16 where the CPU has native bf16 (else fp32), channels_last, micro-batches of 32 (8 on

@@ -1,7 +1,7 @@
 """Head-training epoch: on cached backbone features vs recomputing the frozen backbone every epoch.
 
 Compared: one epoch of training the new linear head (1280 → 10) with AdamW
-  * cached:    on features computed once by ``headstart.features.compute_features`` (what
+  * cached:    on features computed once by ``headstart.features.cache.compute_features`` (what
                headstart's linear-probe / head phase does), and
   * recompute: running the frozen backbone under ``torch.no_grad()`` in eval mode on every batch of
                every epoch, then the head (what a plain loop with a frozen backbone does).

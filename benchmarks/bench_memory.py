@@ -1,6 +1,6 @@
 """Peak resident memory of streaming feature extraction (``extract_to_disk``) vs dataset size.
 
-``headstart.features.extract_to_disk`` decodes images in batches and writes features into a
+``headstart.features.cache.extract_to_disk`` decodes images in batches and writes features into a
 memory-mapped .npy file, so its memory should not grow with the number of images. Each size runs in
 its own child process (a fresh interpreter, a fresh empty HEADSTART_CACHE holding only a copy of the
 converted weights, so no features are reused) that reports its peak RSS

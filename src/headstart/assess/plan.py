@@ -58,7 +58,7 @@ def reference_images(n: int = 96, seed: int = 0) -> list[np.ndarray]:
 def stage_features(model, stages, pixels: torch.Tensor, *, precision: str, device, batch_size: int = 64) -> list[np.ndarray]:
     """Spatially pooled output of every stage, shape (N, C_stage) each, in one pass per batch.
 
-    On a CPU this runs the inference fast path of :class:`headstart.runtime.FeatureExtractor` on a
+    On a CPU this runs the inference fast path of :class:`headstart.features.fastpath.FeatureExtractor` on a
     private copy: BatchNorm folded (checked against the original on the first images), bf16 weights
     when ``precision="bf16"``, channels_last.
     """

@@ -45,7 +45,7 @@ def compute_features(model, pixels: torch.Tensor, *, precision: str, device: tor
                      batch_size: int = 64, compile: str = "auto") -> torch.Tensor:
     """Pooled backbone features of uint8 ``pixels`` (N, 3, S, S) → float32 (N, D).
 
-    Runs :func:`headstart.runtime.feature_extractor`: on a CPU a prepared copy of the backbone
+    Runs :func:`headstart.features.fastpath.feature_extractor`: on a CPU a prepared copy of the backbone
     (BatchNorm folded, bf16 weights where the CPU has native bf16, channels_last, small micro-batches,
     ``torch.compile`` from ``COMPILE_MIN_IMAGES`` images on, or per ``compile``).
     """
