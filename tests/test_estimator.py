@@ -82,3 +82,14 @@ def test_format_1_runs_read_in_the_current_schema():
     assert img.meta["saved_format_version"] == 1 and img.meta["format_version"] == FORMAT_VERSION
     assert (img.modality, txt.modality) == ("image", "text")
     assert txt.inputs == {} and img.data.n_train == 16
+
+
+def test_a_loaded_run_saved_again_keeps_what_its_fit_measured(tmp_path):
+    x, y = make_images(8)
+    TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=2, head_min_steps=0,
+                       precision="fp32", baseline_seconds=0.01).fit(x, y, out=tmp_path / "a")
+    load(tmp_path / "a").save(tmp_path / "b")
+    a, b = Run.open(tmp_path / "a"), Run.open(tmp_path / "b")
+    for key in ("data", "baselines", "metrics", "classes", "config", "modality", "inputs"):
+        assert a.meta[key] == b.meta[key], key
+    np.testing.assert_array_equal(load(tmp_path / "b").predict_proba(x), load(tmp_path / "a").predict_proba(x))

@@ -279,7 +279,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     def _meta(self) -> dict[str, Any]:
         """What ``headstart.json`` records about this fitted model (``save_run`` adds hashes and versions)."""
-        history = getattr(self, "history_", None)
+        history = self.history_
         return {
             "modality": self.modality_.name,
             "backbone": self.backbone_info_,
@@ -288,13 +288,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "config": self.fitted_config_.to_dict(),
             "inputs": {"path_column": self.path_column, "text_column": self.text_column,
                        "label_column": self.label_column},
-            "plan": self.plan_.to_dict() if getattr(self, "plan_", None) else None,
+            "plan": self.plan_.to_dict() if self.plan_ is not None else None,
             "history": {"phases": history.phases, "precision": history.precision,
                         "inference_precision": history.inference_precision,
                         "seconds": history.seconds} if history else None,
-            "metrics": self.final_metrics_() if history else None,
-            "data": getattr(self, "data_info_", None),
-            "baselines": getattr(self, "baselines_", None),
+            "metrics": self.final_metrics_() if history else self.meta_.get("metrics"),
+            "data": self.data_info_,
+            "baselines": self.baselines_,
         }
 
     def final_metrics_(self) -> dict[str, Any]:
@@ -396,6 +396,9 @@ def load(directory: str | Path) -> TransferClassifier:
     clf.tokenizer_ = tokenizer
     clf.backbone_info_ = run.backbone
     clf.fitted_config_ = cfg
+    # What fit measured stays as saved; a loaded model has no training history of its own.
+    clf.history_, clf.plan_, clf.profile_ = None, None, None
+    clf.data_info_, clf.baselines_ = run.meta.get("data"), run.meta.get("baselines")
     clf.run_ = run
     clf.meta_ = run.meta
     return clf

@@ -37,7 +37,6 @@ class FitState:
     done_records: list[dict] = field(default_factory=list)
     done_phases: list[dict] = field(default_factory=list)
     data_sha256: str = ""  # of the training inputs: the feature-cache key, checked on resume
-    phase_state: "PhaseState | None" = None  # the phase now training
 
     @property
     def is_main(self) -> bool:

@@ -116,14 +116,8 @@ class LocalRuntime:
     def gather_for_metrics(self, tensors):
         return tensors
 
-    def reduce(self, tensor: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
-        return tensor
-
     def unwrap_model(self, model, keep_fp32_wrapper: bool = True):
         return model
-
-    def wait_for_everyone(self) -> None:
-        pass
 
     @contextlib.contextmanager
     def main_process_first(self):

@@ -146,12 +146,12 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
         apply_freeze(model, backbone.stages, phase.frozen)
         t0 = time.perf_counter()
         inputs = _phase_inputs(model, backbone, data, cfg, phase, state, history, augment)
-        records = _train_phase(inputs, data, replace(phase, epochs=inputs.epochs), objective, callbacks, state)
-        state.done_records += records
-        state.done_phases.append({"name": phase.name, "frozen_stages": phase.frozen, "epochs_run": len(records),
+        ph = _train_phase(inputs, data, replace(phase, epochs=inputs.epochs), objective, callbacks, state)
+        state.done_records += ph.records
+        state.done_phases.append({"name": phase.name, "frozen_stages": phase.frozen, "epochs_run": len(ph.records),
                                   "seconds": round(time.perf_counter() - t0, 2), **inputs.info})
         state.phase_index = i + 1
-        _hook(callbacks, "on_phase_end", state, state.phase_state)
+        _hook(callbacks, "on_phase_end", state, ph)
     history.epochs, history.phases = state.done_records, state.done_phases
     apply_freeze(model, backbone.stages, 0)  # a saved model is a plain, fully trainable module
     model.eval()
@@ -222,7 +222,7 @@ def _model_inputs(model, data, cfg, phase, history: History, augment) -> PhaseIn
 
 
 def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: Objective,
-                 callbacks: Sequence[Callback], state: FitState) -> list[dict]:
+                 callbacks: Sequence[Callback], state: FitState) -> PhaseState:
     accel, cfg = state.accel, state.cfg
     order = torch.Generator().manual_seed(cfg.seed)  # the sample order: same seed, same order, new each epoch
     names = list(data.extra)
@@ -238,7 +238,6 @@ def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: 
         val_loader = accel.prepare(val_loader)
     evaluate_now = (lambda: evaluate(module, val_loader, accel)[:2]) if val_loader is not None else None
     ph = PhaseState(phase, module, optimizer, scheduler, [order] + inputs.generators, evaluate_now, inputs.patience)
-    state.phase_state = ph
     _hook(callbacks, "on_phase_start", state, ph)
     for epoch in range(ph.start_epoch, phase.epochs + 1):
         t0 = time.perf_counter()
@@ -258,7 +257,7 @@ def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: 
             break
     ph.module = accel.unwrap_model(module, keep_fp32_wrapper=False)
     accel.free_memory()
-    return ph.records
+    return ph
 
 
 def shuffled_loader(dataset, batch_size: int, generator: torch.Generator, world: int) -> DataLoader:
