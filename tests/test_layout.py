@@ -21,6 +21,7 @@ LAYERS = [
     ("headstart.assess",),  # metrics, transferability, rank, plan
     ("headstart.io",),  # the saved run
     ("headstart.estimator", "headstart.text"),  # TransferClassifier, load
+    ("headstart.discover",),  # unsupervised transfer: group an unlabelled pool (may read a run's backbone)
     ("headstart.cli",),  # the command line, renderers, demo
 ]
 

@@ -311,6 +311,47 @@ def plan(
 
 
 @app.command()
+def discover(
+    pool: str = typer.Argument(..., help="Unlabelled data: a folder of images (flat or nested), a CSV of image "
+                               "paths, or for hf:/vectors: backbones a text table (CSV, TSV, JSONL, JSON, Parquet)."),
+    backbone: str = typer.Option(DEFAULT_BACKBONE, help="Pretrained backbone, or a run directory written by "
+                                 "`headstart train` (its fine-tuned backbone); hf:/vectors: read texts."),
+    k: Optional[int] = typer.Option(None, "--k", help="Number of groups (default: estimated)."),
+    k_min: int = typer.Option(2, help="Smallest number of groups tried when K is estimated."),
+    k_max: int = typer.Option(30, help="Largest number of groups tried when K is estimated."),
+    stage: str = typer.Option("auto", help="Image representation: auto (the most cohesive of the last stages "
+                              "and sizes), pooled, or a stage name from `headstart backbones --stages`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write discovery.json, groups.csv and contact "
+                                       "sheets here."),
+    export_folders: Optional[Path] = typer.Option(None, help="Copy the pool into one folder per group (texts: "
+                                                  "a labelled texts.csv) to rename, correct and train on."),
+    link: bool = typer.Option(False, "--link", help="With --export-folders: symlink images instead of copying."),
+    text_column: Optional[str] = typer.Option(None, help="Text tables: the column with the texts."),
+    path_column: str = typer.Option("path", help="Image CSVs: the column with image paths."),
+    seed: int = typer.Option(0, help="Seed of the reduction and clustering (same seed, same groups)."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also group the raw inputs (pixels or "
+                                  "TF-IDF) to show what the pretrained features bought."),
+    pretrained: bool = typer.Option(True, "--pretrained/--random-init", help="Pretrained weights (default) or "
+                                    "random ones (a control: what pretraining bought)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Find the groups in unlabelled images or texts (K estimated unless --k), with a baseline beside them."""
+    from headstart.discover import discover as run_discover
+
+    grouping = run_discover(pool, backbone=backbone, k=k, k_min=k_min, k_max=k_max, stage=stage, seed=seed,
+                            baseline=baseline, text_column=text_column, path_column=path_column,
+                            pretrained=pretrained)
+    if out is not None:
+        grouping.save(out)
+    if export_folders is not None:
+        grouping.export_folders(export_folders, link=link)
+    if as_json:
+        print(json.dumps(grouping.to_dict(), indent=2))
+        return
+    render.print_grouping(render.console(stderr=False), grouping, out=out, export=export_folders)
+
+
+@app.command()
 def demo(
     per_class: int = typer.Option(100, help="Labelled training images per class."),
     test_limit: int = typer.Option(0, help="Evaluate on only the first N test images (0 = all 10,000)."),

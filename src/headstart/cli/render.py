@@ -104,3 +104,41 @@ def print_text_stages(console, bb) -> None:
         t.add_row(str(i), s.name, f"{sum(params[n].numel() for n in s.param_names):,}")
     console.print(t)
     console.print("--freeze-stages K freezes stages 0..K-1 (embeddings first).")
+
+
+def print_grouping(console, grouping, *, out=None, export=None) -> None:
+    """The groups found by ``discover``: one row each, then how K was chosen and the baseline."""
+    from rich.table import Table
+
+    s = grouping.to_dict()
+    text = grouping.modality == "text"
+    table = Table("group", "size", "cohesion", "confidence", "outliers", "distinctive terms" if text else "most typical",
+                  title=f"{s['k']} group(s) in {s['n_grouped']} {'texts' if text else 'images'} "
+                  f"({s['method']} on {s['representation']}, {s['reducer']})")
+    for g in s["groups"]:
+        what = ", ".join(g.get("terms", [])) if text else grouping.items[g["typical"][0]]
+        table.add_row(g["name"], str(g["size"]), f"{g['cohesion']:.3f}", f"{g['confidence']:.3f}",
+                      str(g["outliers"]), what)
+    console.print(table)
+    for reason in s["reasons"]:
+        console.print(f"  - {reason}")
+    c, r = s["criteria"], s["runner_up"]
+    if r:
+        console.print(f"  - runner-up: {r['method']} with k={r['k']} (silhouette {r['silhouette']:.3f}); "
+                      f"eigengap suggests k={c['eigengap_k']}")
+    b = s["baseline"]
+    if b:
+        console.print(f"  - baseline on {b['name']}: k={b['k']}, silhouette {b['silhouette']:.3f} "
+                      f"(features: {c['silhouette']:.3f})" if b["silhouette"] is not None and c["silhouette"] is not None
+                      else f"  - baseline on {b['name']}: k={b['k']}")
+    t = s["seconds"]
+    console.print(f"  - {t['features']:.1f}s features, {t['grouping']:.1f}s grouping"
+                  + (f", {t['baseline']:.1f}s baseline" if t["baseline"] is not None else ""))
+    if s["n_skipped"]:
+        console.print(f"[yellow]skipped {s['n_skipped']} unreadable item(s)[/yellow], e.g. {s['skipped'][0][0]}")
+    if out is not None:
+        console.print(f"[green]saved[/green] {out}/groups.csv, discovery.json"
+                      + (", sheets/" if not text else ""))
+    if export is not None:
+        console.print(f"[green]exported[/green] {export}: rename the groups, move any misplaced item, then "
+                      f"`headstart train {export / 'texts.csv' if text else export}`")

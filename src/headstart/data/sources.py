@@ -132,6 +132,32 @@ def from_folder(root: Path) -> Examples:
     return ex
 
 
+def from_pool(data: Any, *, path_column: str = "path") -> Examples:
+    """Unlabelled images: a folder (images anywhere below it, flat or nested), a CSV of paths, or arrays.
+
+    Any labels the source carries (class subfolders, a label column) are ignored: a pool is grouped,
+    not learned from.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data).expanduser()
+        if path.is_dir():
+            files, ignored = _image_files(path)
+            if not files:
+                raise DataError(f"{str(path)!r} holds no images (looked for {sorted(IMAGE_SUFFIXES)} below it).")
+            ex = Examples([str(p) for p in files], None, str(path))
+            if ignored:
+                ex.notes.append(f"ignored {ignored} non-image files under {str(path)!r}")
+            return ex
+        if path.suffix.lower() in (".csv", ".tsv"):
+            return from_csv(path, path_column=path_column, label_column=None)
+        if not path.exists():
+            raise DataError(f"{str(path)!r} does not exist. Pass a folder of images or a CSV of image paths.")
+        raise DataError(f"Cannot read a pool from {str(path)!r}: pass a folder of images, a .csv of paths "
+                        "or an array of images.")
+    ex = as_examples(data)
+    return Examples(ex.items, None, ex.origin, ex.notes)
+
+
 def _image_files(folder: Path) -> tuple[list[Path], int]:
     found, ignored = [], 0
     for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False: no symlink loops
