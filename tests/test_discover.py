@@ -58,7 +58,7 @@ def test_density_noise_is_reassigned_and_flagged_not_dropped():
 
 
 def test_without_umap_the_pca_space_still_groups(monkeypatch):
-    import headstart.discover.cluster as cluster
+    from headstart.discover import cluster
 
     monkeypatch.setattr(cluster, "_umap", lambda: None)
     x, y = make_blobs(300, n_features=40, centers=4, random_state=5)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from headstart.data.sources import from_pool
+from headstart.discover.cluster import GroupFit, group
 from headstart.discover.embed import (
     Embeddings,
     choose,
@@ -27,7 +28,6 @@ from headstart.discover.embed import (
     open_encoder,
     representation_table,
 )
-from headstart.discover.cluster import GroupFit, group
 from headstart.discover.grouping import Grouping, read_grouping
 from headstart.encoders import DEFAULT_BACKBONE
 from headstart.modalities import Columns

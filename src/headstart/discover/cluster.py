@@ -50,7 +50,7 @@ class Candidate:
     method: str  # "kmeans" or "hdbscan"
     k: int
     silhouette: float
-    stability: float | None = None  # ARI between solutions on two subsamples (k-means only)
+    stability: float | None = None  # ARI between solutions on two subsamples (None: not measured)
     noise_fraction: float = 0.0  # HDBSCAN: share of points it left unassigned (reassigned here)
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def group(x: np.ndarray, *, k: int | None = None, k_min: int = 2, k_max: int = 3
         return GroupFit(solutions[("kmeans", best.k)][0], best.k, "kmeans", np.ones(n), np.zeros(n, bool),
                         np.zeros(n), space, reducer, candidates, True, float("nan"), None)
     if k is None:
-        hd = _hdbscan_candidate(space, k_min)
+        hd = _hdbscan_candidate(space, k_min, seed)
         if hd is not None:
             candidates.append(hd[0])
             solutions[("hdbscan", hd[0].k)] = hd[1]
@@ -182,20 +182,39 @@ def _stability(space: np.ndarray, k: int, halves: list[np.ndarray], seed: int) -
     return float(adjusted_rand_score(a, b))
 
 
-def _hdbscan_candidate(space: np.ndarray, k_min: int):
-    """HDBSCAN with its noise reassigned to the nearest group (and flagged), or None if < k_min groups."""
-    n = len(space)
-    raw = HDBSCAN(min_cluster_size=max(5, n // 100), copy=True).fit_predict(space)
-    found = sorted(set(raw.tolist()) - {-1})
-    if len(found) < max(2, k_min):
+def _hdbscan_candidate(space: np.ndarray, k_min: int, seed: int = 0):
+    """HDBSCAN with its noise reassigned to the nearest group (and flagged), or None if < k_min groups.
+
+    Its stability is measured like k-means': HDBSCAN on two 80% subsamples, every point assigned to
+    the nearest group centre of each, compared by ARI."""
+    labels, noise = _hdbscan(space)
+    if labels is None or labels.max() + 1 < max(2, k_min):
         return None
-    labels = np.searchsorted(found, np.where(raw < 0, found[0], raw))
-    noise = raw < 0
-    if noise.any():
-        centres = np.stack([space[(raw == g)].mean(0) for g in found])
-        labels[noise] = _nearest(space[noise], centres)
-    cand = Candidate("hdbscan", len(found), _silhouette(space, labels, 0), None, float(noise.mean()))
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _ in range(2):
+        h = rng.choice(len(space), size=int(0.8 * len(space)), replace=False)
+        sub, _ = _hdbscan(space[h])
+        parts.append(None if sub is None else _nearest(space, _centres(space[h], sub)))
+    stable = float(adjusted_rand_score(*parts)) if all(p is not None for p in parts) else 0.0
+    cand = Candidate("hdbscan", int(labels.max()) + 1, _silhouette(space, labels, 0), stable, float(noise.mean()))
     return cand, (labels, noise)
+
+
+def _hdbscan(space: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    raw = HDBSCAN(min_cluster_size=max(5, len(space) // 100), copy=True).fit_predict(space)
+    found = sorted(set(raw.tolist()) - {-1})
+    noise = raw < 0
+    if len(found) < 2:
+        return None, noise
+    labels = np.searchsorted(found, np.where(noise, found[0], raw))
+    if noise.any():
+        labels[noise] = _nearest(space[noise], _centres(space[~noise], labels[~noise]))
+    return labels, noise
+
+
+def _centres(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.stack([points[labels == g].mean(0) for g in range(int(labels.max()) + 1)])
 
 
 def _choose(candidates: list[Candidate], *, forced: bool) -> tuple[Candidate, list[str]]:
