@@ -72,6 +72,17 @@ def test_same_seed_same_groups():
     assert (a.labels == b.labels).all() and a.k == b.k
 
 
+def test_exact_duplicates_are_grouped_once_and_share_their_group():
+    x, y = make_blobs(200, n_features=16, centers=4, random_state=6)
+    copies = np.repeat(x[:1], 150, axis=0)  # one item sent 150 times: the densest clump there is
+    fit = group(np.vstack([x, copies]), seed=0)
+    assert fit.k == 4 and (fit.labels[200:] == fit.labels[0]).all()
+    assert ami(y, fit.labels[:200]) > 0.95
+    assert any("150 exact duplicate" in r for r in fit.reasons)
+    with pytest.raises(DataError, match="distinct"):
+        group(np.repeat(x[:3], 10, axis=0))
+
+
 @pytest.mark.parametrize("n, k, why", [(5, None, "at least 10"), (40, 25, "k=25 does not fit"),
                                        (40, 1, "k=1 does not fit")])
 def test_tiny_pools_and_impossible_k_are_clear_errors(n, k, why):
@@ -265,6 +276,26 @@ def test_cli_discover_writes_and_prints(tmp_path):
     assert r.exit_code == 0, r.output
     meta = json.loads(r.stdout)
     assert meta["k"] == 4 and meta["forced_k"] and meta["baseline"] is None
+
+
+def test_cli_discover_a_text_table_ignores_its_labels(tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    texts, _ = topic_texts(n_per=15)
+    table = tmp_path / "pool.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "body"])
+        w.writerows(zip(["?"] * len(texts), texts))  # a label column of junk must not matter
+    r = CliRunner().invoke(app, ["discover", str(table), "--backbone", "vectors:glove-6b-50d", "--text-column",
+                                 "body", "--out", str(tmp_path / "g"), "--export-folders", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert "distinctive terms" in r.output and "texts.csv" in r.output
+    meta = read_grouping(tmp_path / "g")
+    assert meta["modality"] == "text" and meta["k"] == 3 and meta["baseline"]["name"] == "tf-idf"
+    assert not (tmp_path / "g" / "sheets").exists()  # contact sheets are for images
 
 
 # ----------------------------------------------------------------------------- real weights, real digits

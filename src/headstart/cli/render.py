@@ -123,9 +123,11 @@ def print_grouping(console, grouping, *, out=None, export=None) -> None:
     for reason in s["reasons"]:
         console.print(f"  - {reason}")
     c, r = s["criteria"], s["runner_up"]
-    if r:
-        console.print(f"  - runner-up: {r['method']} with k={r['k']} (silhouette {r['silhouette']:.3f}); "
-                      f"eigengap suggests k={c['eigengap_k']}")
+    if r and not s["forced_k"]:
+        density = [x["k"] for x in s["candidates"] if x["method"] == "hdbscan"]
+        console.print(f"  - other readings of K: runner-up {r['method']} k={r['k']} (silhouette {r['silhouette']:.3f})"
+                      + (f", HDBSCAN k={density[0]}" if density else "")
+                      + (f", eigengap k={c['eigengap_k']}" if c["eigengap_k"] else "") + "; force one with --k")
     b = s["baseline"]
     if b:
         console.print(f"  - baseline on {b['name']}: k={b['k']}, silhouette {b['silhouette']:.3f} "

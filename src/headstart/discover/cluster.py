@@ -2,6 +2,7 @@
 
 The steps, each chosen because an anchor fails without it:
 
+0. **Distinct items only.** Exact duplicates are grouped once and follow their original.
 1. **Reduce.** Standardise, L2-normalise, PCA to at most 50 dimensions, then UMAP to 10 (when
    umap-learn is installed; PCA alone otherwise). k-means and HDBSCAN work far better in a space
    whose distances follow the data's neighbourhoods than on 1,280 raw feature dimensions.
@@ -91,7 +92,7 @@ class GroupFit:
 
 def check_pool_size(n: int, k: int | None, k_min: int, k_max: int) -> None:
     if n < MIN_ITEMS:
-        raise DataError(f"Discovery needs at least {MIN_ITEMS} items to find groups; the pool has {n}.")
+        raise DataError(f"Discovery needs at least {MIN_ITEMS} distinct items to find groups; the pool has {n}.")
     if k is not None and not 2 <= k <= n // 2:
         raise DataError(f"k={k} does not fit a pool of {n} items: choose 2 <= k <= {n // 2} "
                         "(at least two items per group), or leave k unset to estimate it.")
@@ -132,6 +133,17 @@ def group(x: np.ndarray, *, k: int | None = None, k_min: int = 2, k_max: int = 3
     ``quick`` (to compare representations): k-means over the K range only -- no stability, density
     method, null or eigengap.
     """
+    # Exact duplicates (a message sent a hundred times, the same photo saved twice) are grouped once:
+    # copies say nothing about structure, but a clump of them is the densest, most "cohesive" group
+    # there is, and would win the silhouette and HDBSCAN's density on its own.
+    x = np.asarray(x)
+    unique, first, inverse = np.unique(x, axis=0, return_index=True, return_inverse=True)
+    if len(unique) < len(x):
+        order = np.argsort(first)  # keep the pool's order among distinct rows (seeded steps see the same input)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        fit = group(unique[order], k=k, k_min=k_min, k_max=k_max, seed=seed, quick=quick)
+        return _expand(fit, rank[inverse.ravel()], len(x) - len(unique))
     n = len(x)
     k_max = max(min(k_max, n // 5), min(k_min, n // 2))
     check_pool_size(n, k, k_min, k_max)
@@ -160,6 +172,14 @@ def group(x: np.ndarray, *, k: int | None = None, k_min: int = 2, k_max: int = 3
         labels, noise = solutions[(chosen.method, chosen.k)]
     return _finish(space, labels, noise, chosen, candidates, reducer=reducer, structure=structure,
                    null=null, eig=eig, forced=k is not None, reasons=reasons)
+
+
+def _expand(fit: GroupFit, rows: np.ndarray, n_duplicates: int) -> GroupFit:
+    """The fit of the distinct rows, given to every copy (``rows[i]``: item i's distinct row)."""
+    fit.labels, fit.confidence, fit.outlier = fit.labels[rows], fit.confidence[rows], fit.outlier[rows]
+    fit.silhouette, fit.space = fit.silhouette[rows], fit.space[rows]
+    fit.reasons.append(f"{n_duplicates} exact duplicate(s) were grouped once, with their original")
+    return fit
 
 
 def _kmeans_candidates(space: np.ndarray, ks: list[int], seed: int, *, stability: bool):

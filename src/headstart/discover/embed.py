@@ -33,7 +33,7 @@ from headstart.features.cache import cached_features
 from headstart.modalities import Modality, modality_for
 from headstart.train.loop import preserved_rng
 
-SELECT_SAMPLE = 2000  # representations are compared on this many items (the same ones for each)
+SELECT_SAMPLE = 1000  # representations are compared on this many items (the same ones for each)
 LAST_STAGES = 3
 
 
