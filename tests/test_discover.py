@@ -191,6 +191,17 @@ def test_features_come_from_the_cache_the_second_time(tmp_path, monkeypatch):
     assert (first.labels_ == second.labels_).all()
 
 
+def test_pools_are_embedded_in_chunks_with_the_same_result(monkeypatch):
+    from headstart.discover import embedding
+
+    x, _ = colour_pool(n_per=8)
+    whole = discover(x, backbone=TINY, pretrained=False, baseline=False, precision="fp32")
+    monkeypatch.setattr(embedding, "CHUNK", 7)  # 24 images in chunks of 7: memory stays flat for big pools
+    chunked = discover(x, backbone=TINY, pretrained=False, baseline=False, precision="fp32")
+    assert np.allclose(whole.embeddings_, chunked.embeddings_, atol=1e-5)
+    assert (whole.labels_ == chunked.labels_).all()
+
+
 def test_a_runs_fine_tuned_backbone_can_embed_the_pool(tmp_path):
     import torch
 

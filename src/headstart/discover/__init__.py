@@ -21,7 +21,7 @@ import numpy as np
 
 from headstart.data.sources import from_pool
 from headstart.discover.cluster import GroupFit, group
-from headstart.discover.embed import (
+from headstart.discover.embedding import (
     Embeddings,
     choose,
     embed,
@@ -170,7 +170,7 @@ def _baseline(modality: str, examples, index: list[int], **kw) -> tuple[dict[str
 def _raw_pixels(examples) -> np.ndarray:
     from headstart.data import decode_all
     from headstart.data.preprocess import PreprocessConfig
-    from headstart.discover.embed import native_side
+    from headstart.discover.embedding import native_side
 
     side = min(32, native_side(examples))
     decoded = decode_all(examples, PreprocessConfig(input_size=side, crop_pct=1.0))
