@@ -101,6 +101,22 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no stray temporary files
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_run_files_follow_the_umask_like_any_file_the_user_writes(tmp_path, umask, mode):
+    from headstart import TransferClassifier
+
+    x, y = make_images(n_per_class=6)
+    old = os.umask(umask)
+    try:
+        TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=1, head_min_steps=0,
+                           baselines=False, precision="fp32").fit(x, y, out=tmp_path / "run")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"model.safetensors", "headstart.json", "metrics.jsonl"}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
+
+
 def test_resume_without_checkpoint_is_explained(folder, tmp_path):
     p = subprocess.run(_cli("train", folder, "--out", tmp_path / "new", "--resume", *ARGS),
                        capture_output=True, text=True)
