@@ -190,3 +190,22 @@ def test_cli_train_refuses_a_malicious_file_backbone(tmp_path):
     assert p.returncode == 2 and "Refused to load" in p.stderr and "--allow-unsafe-pickle" in p.stderr
     assert "Traceback" not in p.stderr
     assert not marker.exists()
+
+
+def test_the_same_weights_and_metadata_give_the_same_file_bytes(tmp_path):
+    # safetensors orders __metadata__ from a hash map: without a canonical header, a run's
+    # model_sha256 differed between bit-identical models.
+    from safetensors import safe_open
+
+    from headstart.storage import file_sha256, save_safetensors
+
+    state = {"b.weight": torch.ones(2, 3), "a.bias": torch.arange(4.0), "c": torch.zeros(1, dtype=torch.int64)}
+    meta = {"format": "headstart", "version": "2", "zeta": "z", "alpha": "a"}
+    digests = set()
+    for i in range(12):
+        save_safetensors(state, tmp_path / f"m{i}.safetensors", metadata=dict(reversed(meta.items())) if i % 2 else meta)
+        digests.add(file_sha256(tmp_path / f"m{i}.safetensors"))
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "m0.safetensors"), "pt") as f:  # still a valid file, same content
+        assert f.metadata() == meta
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in state.items())

@@ -100,6 +100,28 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        _canonical_header(tmp)
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with its keys in a fixed order, in place and at the same length.
+
+    safetensors writes ``__metadata__`` from a hash map, so with two or more entries the same tensors
+    and metadata give different bytes from one save to the next, and a file hash (a run's
+    ``model_sha256``) would differ between bit-identical models. Readers ignore key order; the format
+    allows trailing spaces in the header, which keep the tensor data where it was.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+        ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"], kv[0])))
+        raw = json.dumps(ordered, separators=(",", ":")).encode()
+        if len(raw) > size:  # cannot happen for the same content; never move the data
+            return
+        f.seek(8)
+        f.write(raw + b" " * (size - len(raw)))
 
 
 def load_weights(path: str | os.PathLike, *, allow_unsafe_pickle: bool = False) -> dict:
