@@ -28,7 +28,7 @@ from headstart.discover.embedding import (
     open_encoder,
     representation_table,
 )
-from headstart.discover.grouping import Grouping, read_grouping
+from headstart.discover.grouping import BORDERLINE, TYPICAL, Grouping, read_grouping
 from headstart.encoders import DEFAULT_BACKBONE
 from headstart.modalities import Columns
 
@@ -53,7 +53,8 @@ def discover(pool, *, backbone: str = DEFAULT_BACKBONE, k: int | None = None, k_
     encoder = open_encoder(backbone, pretrained=pretrained, seed=seed)
     examples = _read_pool(encoder.modality, pool, text_column=text_column, path_column=path_column)
     candidates = embed(encoder, examples, stage=stage, precision=precision)
-    features_seconds = round(sum({id(c): c.seconds for c in candidates}.values()), 2)
+    # Candidates at one input size come from one pass and share its time: count each size once.
+    features_seconds = round(sum({c.input_size: c.seconds for c in candidates}.values()), 2)
     t1 = time.perf_counter()
     chosen = choose(candidates, seed=seed)
     fit = group(chosen.features, k=k, k_min=k_min, k_max=k_max, seed=seed)
@@ -129,7 +130,7 @@ def _describe(fit: GroupFit, idx: np.ndarray, texts: list[str] | None) -> list[d
                 "cohesion": round(float(np.nanmean(fit.silhouette[m])), 4),
                 "confidence": round(float(fit.confidence[m].mean()), 4),
                 "outliers": int(fit.outlier[m].sum()),
-                "typical": idx[by_conf[:36]].tolist(), "borderline": idx[by_conf[::-1][:6]].tolist()}
+                "typical": idx[by_conf[:TYPICAL]].tolist(), "borderline": idx[by_conf[::-1][:BORDERLINE]].tolist()}
         if terms is not None:
             info["terms"] = terms[g]
             info["examples"] = [texts[i] for i in info["typical"][:3]]

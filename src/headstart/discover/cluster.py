@@ -79,10 +79,6 @@ class GroupFit:
     forced: bool = False
     reasons: list[str] = field(default_factory=list)
 
-    def best_of(self, method: str) -> Candidate | None:
-        tried = [c for c in self.candidates if c.method == method]
-        return max(tried, key=lambda c: c.silhouette) if tried else None
-
     def runner_up(self) -> Candidate | None:
         """The best candidate with another K or method than the chosen one (a stable one if any is)."""
         rest = [c for c in self.candidates if (c.method, c.k) != (self.method, self.k)]
@@ -286,7 +282,7 @@ def _finish(space, labels, noise, chosen: Candidate, candidates, *, reducer, str
             reasons) -> GroupFit:
     labels = _by_size(labels)
     k = int(labels.max()) + 1
-    centres = np.stack([space[labels == g].mean(0) for g in range(k)])
+    centres = _centres(space, labels)
     d = np.linalg.norm(space[:, None, :] - centres[None], axis=2)
     own = d[np.arange(len(space)), labels]
     if k > 1:

@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -93,27 +94,13 @@ def embed(encoder: Encoder, examples, *, stage: str = "auto", precision: str = "
 
 def _text_embeddings(encoder: Encoder, examples, precision: str, device) -> Embeddings:
     t0 = time.perf_counter()
-    enc = encoder.modality.encode(examples, _AsBackbone(encoder))
+    # encode reads only these two attributes of a backbone
+    enc = encoder.modality.encode(examples, SimpleNamespace(tokenizer=encoder.tokenizer, preprocess=encoder.preprocess))
     feats, _ = cached_features(encoder.model, enc.x, preprocess=encoder.preprocess, precision=precision,
                                device=device)
     order = np.argsort(enc.index)  # encode sorted the texts by length; back to pool order
     return Embeddings("pooled", feats.numpy()[order], sorted(enc.index), list(examples.skipped),
                       round(time.perf_counter() - t0, 2))
-
-
-@dataclass
-class _AsBackbone:
-    """The two attributes a modality's ``encode`` reads from a backbone."""
-
-    encoder: Encoder
-
-    @property
-    def tokenizer(self):
-        return self.encoder.tokenizer
-
-    @property
-    def preprocess(self):
-        return self.encoder.preprocess
 
 
 def candidate_sizes(examples: Examples, input_size: int) -> list[int]:

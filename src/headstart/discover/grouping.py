@@ -56,9 +56,6 @@ class Grouping:
     def modality(self) -> str:
         return "text" if self.texts is not None else "image"
 
-    def members(self, g: int) -> np.ndarray:
-        return np.flatnonzero(self.labels_ == g)
-
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "modality": self.modality, "k": self.k_,
                 **self.summary, "groups": self.groups, "n_items": len(self.items),
@@ -130,18 +127,9 @@ def _place(item, folder: Path, i: int, link: bool) -> None:
         else:
             shutil.copy2(src, dest)
         return
-    from PIL import Image
+    from headstart.data.images import load_image
 
-    img = item if isinstance(item, Image.Image) else Image.fromarray(_as_uint8(item))
-    img.save(folder / f"{i:06d}.png")
-
-
-def _as_uint8(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype == np.uint8:
-        return a
-    hi = float(a.max()) if a.size else 1.0
-    return np.clip(a * (255.0 if hi <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    load_image(item).save(folder / f"{i:06d}.png")  # arrays and PIL images: written as the model reads them
 
 
 def read_grouping(directory: str | Path) -> dict[str, Any]:
@@ -161,9 +149,7 @@ def _thumb(item, size: int):
 
     from headstart.data.images import load_image
 
-    img = load_image(item) if isinstance(item, (str, os.PathLike)) else (
-        item if isinstance(item, Image.Image) else Image.fromarray(_as_uint8(item)))
-    img = img.convert("RGB")
+    img = load_image(item)
     img.thumbnail((size, size), Image.Resampling.BICUBIC if max(img.size) > size else Image.Resampling.NEAREST)
     if max(img.size) < size:  # tiny images (8x8 digits) are blown up, not left as specks
         scale = size / max(img.size)
