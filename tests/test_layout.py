@@ -20,6 +20,7 @@ LAYERS = [
     ("headstart.modalities",),  # what differs between images and texts, their baselines included
     ("headstart.assess",),  # metrics, transferability, rank, plan
     ("headstart.io",),  # the saved run
+    ("headstart.distill",),  # teacher -> student: the transfer set, the KD objective, the report
     ("headstart.estimator", "headstart.text"),  # TransferClassifier, load
     ("headstart.discover",),  # unsupervised transfer: group an unlabelled pool (may read a run's backbone)
     ("headstart.cli",),  # the command line, renderers, demo

@@ -27,27 +27,24 @@ from headstart.config import TrainConfig
 from headstart.data import class_list, encode_labels, stratified_split
 from headstart.data.sources import aligned_labels
 from headstart.device import default_device, resolve_precision
+from headstart.distill import DistillConfig, Distilled, Teacher, student_config
+from headstart.distill import distill as run_distill
 from headstart.encoders import DEFAULT_BACKBONE, get_backbone
 from headstart.encoders.cut import truncate_backbone
 from headstart.encoders.model import TransferModel
 from headstart.errors import DataError, HeadstartError, did_you_mean
-from headstart.io.run import CHECKPOINT, METRICS, Run, save_run
+from headstart.io.run import CHECKPOINT, Run, prepare_out, run_paths, save_run
 from headstart.modalities import (
     Columns,
     Modality,
     Prediction,
     modality_for,
     modality_named,
+    read_pool,
 )
 from headstart.storage import check_writable
 from headstart.train.distributed import make_accelerator
-from headstart.train.loop import (
-    TrainData,
-    fit,
-    load_checkpoint,
-    preserved_rng,
-    seed_everything,
-)
+from headstart.train.loop import TrainData, fit, preserved_rng, seed_everything
 
 log = logging.getLogger("headstart")
 
@@ -224,6 +221,69 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def _labels(self, examples, index: Sequence[int]) -> torch.Tensor:
         return encode_labels(aligned_labels([examples.labels[i] for i in index], self.classes_), self.classes_)
 
+    # ------------------------------------------------------------------ distillation
+    def distill(self, student: str = "scratch:tiny", *, data=None, y: Sequence | None = None, unlabeled=None,
+                validation=None, out: str | Path | None = None, progress: Callable | None = None,
+                resume: bool = False, **options: Any) -> "TransferClassifier":
+        """Distil this fitted model (the teacher) into ``student``; returns the student, a fitted classifier.
+
+        ``data`` defaults to the teacher's own training data (the path its run recorded), split exactly as
+        the teacher split it, so every accuracy is measured on examples neither model trained on.
+        ``unlabeled``: a pool of unlabelled images or texts the teacher labels for the student (a folder,
+        flat or nested, a CSV, arrays or a text table). ``options``: the :class:`DistillConfig` fields
+        (``temperature``, ``alpha``, ``views``, ``selection_fraction``, ``compare``) and training options of
+        the student (``epochs=20``, ``lr=...``; see :func:`headstart.distill.student_config` for its
+        defaults). ``student.distillation_`` holds the report (saved in ``headstart.json``).
+        """
+        self._check_fitted()
+        settings, train_options = _distill_options(student, options)
+        cfg = student_config(student, self.fitted_config_, train_options)
+        if out is not None:
+            check_writable(out)
+        labelled = self._read(data if data is not None else self._training_source(), y, purpose="train")
+        train_ex, val_ex = self._split(labelled, validation, self.fitted_config_)  # the teacher's own split
+        pool = (read_pool(self.modality_, unlabeled, text_column=self.text_column, path_column=self.path_column)
+                if unlabeled is not None else None)
+        result = run_distill(self._as_teacher(), settings, cfg, train_ex, val_ex, pool, out=out, progress=progress,
+                             resume=resume)
+        return self._student(result, labelled.origin, out)
+
+    def _training_source(self):
+        origin = (self.data_info_ or {}).get("origin")
+        if origin and Path(origin).exists():
+            return origin
+        raise HeadstartError(f"The teacher's training data ({origin!r}) is not a file or folder that exists here; "
+                             "pass the data it was trained on: data=... (CLI: --data PATH).")
+
+    def _as_teacher(self) -> Teacher:
+        metrics = self.final_metrics_() if self.history_ else (self.meta_.get("metrics") or {})
+        return Teacher(self.model_, self.modality_, self.preprocess_, self.tokenizer_, list(self.classes_),
+                       spec=self.backbone_info_["spec"], run=str(self.run_.path) if self.run_ is not None else None,
+                       recorded_val_acc=metrics.get("val_acc"))
+
+    def _student(self, result: Distilled, origin: str, out) -> "TransferClassifier":
+        """The distilled student as a fitted classifier: a normal run in every way once saved."""
+        student = TransferClassifier(result.settings.student, strategy=result.config.strategy, config=result.config,
+                                     **self._columns().__dict__)
+        student.model_ = result.model.eval()
+        student.modality_, student.classes_ = self.modality_, list(self.classes_)
+        student.preprocess_, student.tokenizer_ = result.backbone.preprocess, result.backbone.tokenizer
+        student.backbone_info_ = _backbone_info(result.backbone)
+        student.fitted_config_, student.history_ = result.config, result.history
+        student.plan_ = student.profile_ = student.baselines_ = None
+        student.skipped_ = result.skipped
+        student.data_info_ = {"origin": origin, **result.data_info, "n_skipped": len(result.skipped),
+                              "skipped": result.skipped[:50]}
+        student.distillation_ = result.report
+        student.direct_model_ = result.direct_model  # the comparison, kept in memory (not saved)
+        student.fit_seconds_ = result.report["seconds"]
+        student.run_ = None
+        if out is not None:
+            student.save(out)
+            (Path(out) / CHECKPOINT).unlink(missing_ok=True)  # the finished run supersedes it
+            student.run_ = Run.open(out)
+        return student
+
     # ------------------------------------------------------------------ inference
     def predict_examples(self, examples, batch_size: int = 64) -> Prediction:
         """Probabilities for already-read examples (``modality.read``), with what could not be read."""
@@ -295,6 +355,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "metrics": self.final_metrics_() if history else self.meta_.get("metrics"),
             "data": self.data_info_,
             "baselines": self.baselines_,
+            "distillation": getattr(self, "distillation_", None),
         }
 
     def final_metrics_(self) -> dict[str, Any]:
@@ -307,6 +368,19 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
             raise HeadstartError("This TransferClassifier is not fitted yet; call fit() or headstart.load(run_dir).")
+
+
+_DISTILL_OPTIONS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.name != "student")
+
+
+def _distill_options(student: str, options: dict[str, Any]) -> tuple[DistillConfig, dict[str, Any]]:
+    """Split ``distill``'s keywords into the distillation settings and the student's training options."""
+    unknown = [k for k in options if k not in _DISTILL_OPTIONS and k not in TRAIN_OPTIONS]
+    if unknown:
+        raise HeadstartError(f"Unknown distillation option {unknown[0]!r}."
+                             + did_you_mean(unknown[0], _DISTILL_OPTIONS + TRAIN_OPTIONS))
+    settings = DistillConfig(student=student, **{k: v for k, v in options.items() if k in _DISTILL_OPTIONS})
+    return settings, {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
 
 
 def _check_option_names(options: dict[str, Any]) -> None:
@@ -324,45 +398,6 @@ def _check_every_class_present(y: torch.Tensor, classes: list, skipped: list) ->
             f"Every training example of class {empty[0]!r} was unreadable ({len(skipped)} skipped{example}); "
             "fix those files or remove the class."
         )
-
-
-def prepare_out(out: str | Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
-    """Check the run directory before any training; the checkpoint to resume from, if asked."""
-    if out is None:
-        if resume:
-            raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
-        return None
-    check_writable(out)  # fail before any training, never after an hour of it
-    return _load_resume_checkpoint(Path(out), cfg) if resume else None
-
-
-def run_paths(out: str | Path | None, fresh: bool) -> tuple[Path | None, Path | None]:
-    """(metrics.jsonl, checkpoint.pt) of a run directory; a fresh run starts a new metrics log."""
-    if out is None:
-        return None, None
-    metrics_path, checkpoint_path = Path(out) / METRICS, Path(out) / CHECKPOINT
-    if fresh:
-        metrics_path.unlink(missing_ok=True)
-    return metrics_path, checkpoint_path
-
-
-def _load_resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:
-    path = out / CHECKPOINT
-    if not path.is_file():
-        done = (out / "headstart.json").is_file()
-        raise HeadstartError(
-            f"Nothing to resume in {str(out)!r}: " + ("the run already finished." if done else
-                                                     "no checkpoint.pt (the run never finished an epoch).")
-            + " Start it again without --resume.")
-    ckpt = load_checkpoint(path)
-    planned = {"strategy", "freeze_stages", "backbone_lr_ratio", "cut_stage"} if cfg.strategy == "auto" else set()
-    planned |= {"baselines", "baseline_seconds"}  # run after training: they never change its course
-    changed = sorted(k for k, v in cfg.to_dict().items() if k not in planned and ckpt["config"].get(k) != v)
-    if changed:
-        raise HeadstartError(
-            f"Cannot resume {str(out)!r} with different options {changed}; resume with the options of "
-            "the original run (`headstart resume RUN` reads them for you).")
-    return ckpt
 
 
 def _backbone_info(backbone) -> dict[str, Any]:
@@ -399,6 +434,7 @@ def load(directory: str | Path) -> TransferClassifier:
     # What fit measured stays as saved; a loaded model has no training history of its own.
     clf.history_, clf.plan_, clf.profile_ = None, None, None
     clf.data_info_, clf.baselines_ = run.meta.get("data"), run.meta.get("baselines")
+    clf.distillation_ = run.meta.get("distillation")
     clf.run_ = run
     clf.meta_ = run.meta
     return clf

@@ -15,6 +15,7 @@ from headstart.cli import render
 from headstart.cli.options import with_config_options
 from headstart.cli.progress import EpochProgress
 from headstart.config import DEFAULT_BACKBONE, TrainConfig
+from headstart.distill.config import DistillConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: fine-tune pretrained models on your data.")
@@ -349,6 +350,43 @@ def discover(
         print(json.dumps(grouping.to_dict(), indent=2))
         return
     render.print_grouping(render.console(stderr=False), grouping, out=out, export=export_folders)
+
+
+@app.command()
+@with_config_options(DistillConfig, into="settings")
+@with_config_options(TrainConfig)
+def distill(
+    run: Path = typer.Argument(..., help="The teacher: a run directory written by `headstart train`."),
+    out: Path = typer.Option(Path("runs/distilled"), "--out", "-o", help="Run directory of the student."),
+    data: Optional[str] = typer.Option(None, help="Labelled data (default: the teacher's training data, as its "
+                                       "run recorded it; split as the teacher split it)."),
+    val: Optional[str] = typer.Option(None, help="Validation folder/table, if the teacher was trained with one."),
+    unlabeled: Optional[str] = typer.Option(None, help="Unlabelled images (a folder, flat or nested, or a CSV of "
+                                            "paths) or texts (a table) for the teacher to label for the student."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    resume: bool = typer.Option(False, "--resume", help="Continue this --out distillation (same options)."),
+    settings: DistillConfig = None,
+    config: TrainConfig = None,
+):
+    """Distil a trained run (the teacher) into a smaller, faster student; the student is a normal run.
+
+    Training options left at their defaults take the student's own: a scratch: student trains every layer
+    for 30 epochs at lr 2e-3, batch 64; a pretrained one the usual two-stage schedule. Augmentation is the
+    --views (teacher and student see the same views).
+    """
+    from headstart.estimator import load
+
+    defaults = TrainConfig().to_dict()
+    options = {k: v for k, v in config.to_dict().items() if v != defaults[k]}  # what the user set
+    teacher = load(run)
+    fields = settings.to_dict()
+    student = fields.pop("student")
+    console = render.console()
+    with EpochProgress(console, quiet) as progress:
+        result = teacher.distill(student, data=data, validation=val, unlabeled=unlabeled, out=out,
+                                 progress=progress, resume=resume, **fields, **options)
+    render.print_fit_summary(console, result.run_, result.fit_seconds_)
+    render.print_distillation(console, result.run_)
 
 
 @app.command()

@@ -144,3 +144,37 @@ def print_grouping(console, grouping, *, out=None, export=None) -> None:
     if export is not None:
         console.print(f"[green]exported[/green] {export}: rename the groups, move any misplaced item, then "
                       f"`headstart train {export / 'texts.csv' if text else export}`")
+
+
+def print_distillation(console, run) -> None:
+    """Teacher, distilled student and direct student side by side (a distilled run's ``distillation`` record)."""
+    from rich.table import Table
+
+    rep = run.distillation
+    if not rep:
+        return
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    table = Table(title=f"distillation on {run.data.n_val} validation examples")
+    for col in ("model", "val acc", "params", "file", "latency (batch 1)", "throughput"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, m in (("teacher " + rep["teacher"]["spec"], rep["teacher"]), ("student " + rep["student"]["spec"],
+                                                                             rep["student"])):
+        table.add_row(label, fmt(m["val_acc"]), f"{m['params']:,}", f"{m['file_bytes'] / 1e6:.2f} MB",
+                      f"{m['latency_ms']:.1f} ms", f"{m['throughput_per_s']:,.0f}/s")
+    direct = rep["direct"]
+    table.add_row("same student, labels only", fmt(direct.get("val_acc")) if "skipped" not in direct
+                  else f"skipped ({direct['skipped']})", "", "", "", "")
+    console.print(table)
+    ts = rep["transfer_set"]
+    console.print(f"T={rep['temperature']:g}, alpha={rep['alpha']:g} ({rep['chosen_by']}); transfer set "
+                  f"{ts['labelled']} labelled x {ts['views']} views + {ts['unlabeled']} unlabelled = {ts['rows']} rows",
+                  highlight=False)
+    if rep.get("gain") is not None:
+        ratio = "-" if rep["ratio"] is None else f"{rep['ratio']:.2f}"
+        console.print(f"distillation gain {rep['gain']:+.4f} over the direct student; ratio {ratio} "
+                      f"(share of the teacher's lead recovered); student throughput x{rep['throughput_ratio']:g} the "
+                      f"teacher's, file {rep['size_ratio']:g}x smaller", highlight=False)
+        if rep["gain"] < 0:
+            console.print("[bold red]WARNING:[/bold red] distillation did worse than training the student on the "
+                          "labels alone; use the direct student (`headstart train --backbone "
+                          f"{rep['student']['spec']}`) or another T/alpha.", highlight=False)

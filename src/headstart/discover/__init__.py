@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from headstart.data.sources import from_pool
 from headstart.discover.cluster import GroupFit, group
 from headstart.discover.embedding import (
     Embeddings,
@@ -30,7 +29,7 @@ from headstart.discover.embedding import (
 )
 from headstart.discover.grouping import BORDERLINE, TYPICAL, Grouping, read_grouping
 from headstart.encoders import DEFAULT_BACKBONE
-from headstart.modalities import Columns
+from headstart.modalities import read_pool
 
 __all__ = ["Grouping", "discover", "read_grouping"]
 
@@ -51,7 +50,7 @@ def discover(pool, *, backbone: str = DEFAULT_BACKBONE, k: int | None = None, k_
     """
     t0 = time.perf_counter()
     encoder = open_encoder(backbone, pretrained=pretrained, seed=seed)
-    examples = _read_pool(encoder.modality, pool, text_column=text_column, path_column=path_column)
+    examples = read_pool(encoder.modality, pool, text_column=text_column, path_column=path_column)
     candidates = embed(encoder, examples, stage=stage, precision=precision)
     # Candidates at one input size come from one pass and share its time: count each size once.
     features_seconds = round(sum({c.input_size: c.seconds for c in candidates}.values()), 2)
@@ -70,12 +69,6 @@ def discover(pool, *, backbone: str = DEFAULT_BACKBONE, k: int | None = None, k_
         grouping.baseline_labels_ = np.full(len(examples), -1, dtype=int)
         grouping.baseline_labels_[np.asarray(chosen.index)] = base_labels
     return grouping
-
-
-def _read_pool(modality, pool, *, text_column, path_column):
-    if modality.name == "text":
-        return modality.read(pool, columns=Columns(text_column=text_column, label_column=False), purpose="predict")
-    return from_pool(pool, path_column=path_column)
 
 
 def _summary(fit: GroupFit, spec: str, chosen: Embeddings, candidates, base) -> dict[str, Any]:

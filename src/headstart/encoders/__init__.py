@@ -38,21 +38,27 @@ def _vectors(name: str, **kw) -> Backbone:
     return build_vectors(name, pooling=kw.get("pooling"), max_length=kw.get("max_length"), vocab=kw.get("vocab"))
 
 
+def _scratch(name: str, **kw) -> Backbone:
+    from headstart.encoders.scratch_source import build_scratch
+
+    return build_scratch(name)
+
+
 SOURCES: dict[str, Callable[..., Backbone]] = {
     "timm": _timm,
     "file": _file,
     "hf": _hf,  # text encoders (transformers AutoModel)
     "vectors": _vectors,  # word vectors (GloVe / word2vec) as a bag-of-vectors encoder
+    "scratch": _scratch,  # small convnets with random weights (distillation students)
 }
 # What each source's backbones read: the modality that decodes or tokenises their inputs.
-SOURCE_MODALITY = {"timm": "image", "file": "image", "hf": "text", "vectors": "text"}
+SOURCE_MODALITY = {"timm": "image", "file": "image", "hf": "text", "vectors": "text", "scratch": "image"}
 
 
 def source_modality(spec: str) -> str:
     """"image" or "text": what the backbone named by ``spec`` takes (checked like :func:`get_backbone`)."""
     _check_spec(spec)
     return SOURCE_MODALITY[spec.partition(":")[0]]
-
 
 
 def get_backbone(spec: str, **kwargs) -> Backbone:

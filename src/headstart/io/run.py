@@ -24,7 +24,8 @@ from typing import Any
 
 from headstart.config import TrainConfig
 from headstart.errors import HeadstartError
-from headstart.storage import file_sha256, save_safetensors, write_json
+from headstart.storage import check_writable, file_sha256, save_safetensors, write_json
+from headstart.train.loop import load_checkpoint
 
 FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
@@ -32,6 +33,45 @@ META = "headstart.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"  # crash-safe training state; loaded with weights_only=True
 TRAIN_ARGS = "train_args.json"  # what `headstart resume` needs to restart the command
+
+
+def prepare_out(out: str | Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
+    """Check the run directory before any training; the checkpoint to resume from, if asked."""
+    if out is None:
+        if resume:
+            raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
+        return None
+    check_writable(out)  # fail before any training, never after an hour of it
+    return resume_checkpoint(Path(out), cfg) if resume else None
+
+
+def run_paths(out: str | Path | None, fresh: bool) -> tuple[Path | None, Path | None]:
+    """(metrics.jsonl, checkpoint.pt) of a run directory; a fresh run starts a new metrics log."""
+    if out is None:
+        return None, None
+    metrics_path, checkpoint_path = Path(out) / METRICS, Path(out) / CHECKPOINT
+    if fresh:
+        metrics_path.unlink(missing_ok=True)
+    return metrics_path, checkpoint_path
+
+
+def resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:
+    path = out / CHECKPOINT
+    if not path.is_file():
+        done = (out / "headstart.json").is_file()
+        raise HeadstartError(
+            f"Nothing to resume in {str(out)!r}: " + ("the run already finished." if done else
+                                                     "no checkpoint.pt (the run never finished an epoch).")
+            + " Start it again without --resume.")
+    ckpt = load_checkpoint(path)
+    planned = {"strategy", "freeze_stages", "backbone_lr_ratio", "cut_stage"} if cfg.strategy == "auto" else set()
+    planned |= {"baselines", "baseline_seconds"}  # run after training: they never change its course
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in planned and ckpt["config"].get(k) != v)
+    if changed:
+        raise HeadstartError(
+            f"Cannot resume {str(out)!r} with different options {changed}; resume with the options of "
+            "the original run (`headstart resume RUN` reads them for you).")
+    return ckpt
 
 
 def library_versions() -> dict[str, str]:
@@ -201,6 +241,11 @@ class Run:
     @property
     def plan(self) -> dict[str, Any] | None:
         return self.meta.get("plan")
+
+    @property
+    def distillation(self) -> dict[str, Any] | None:
+        """A distilled student's report: teacher, student and direct-student accuracy, ratio, speeds."""
+        return self.meta.get("distillation")
 
     @property
     def seconds(self) -> float | None:

@@ -21,6 +21,7 @@ from headstart.data.preprocess import PreprocessConfig
 from headstart.encoders.base import Backbone, Stage, timm_stages
 from headstart.encoders.cut import truncate_module
 from headstart.encoders.model import TransferModel
+from headstart.encoders.scratch_source import empty_scratch, scratch_stages
 from headstart.encoders.timm_source import empty_timm
 from headstart.errors import DataError
 from headstart.features.fastpath import feature_extractor
@@ -88,8 +89,13 @@ class ImageModality:
         """An image run needs nothing beside its weights and headstart.json."""
 
     def rebuild(self, directory: Path, meta: dict, state: dict) -> tuple[torch.nn.Module, list[Stage], None]:
-        module = empty_timm(meta["backbone"]["architecture"])
-        stages: list[Stage] = timm_stages(module)
+        architecture = meta["backbone"]["architecture"]
+        if architecture.startswith("scratch:"):  # a small from-scratch net (a distilled student)
+            module = empty_scratch(architecture)
+            stages: list[Stage] = scratch_stages(module)
+        else:
+            module = empty_timm(architecture)
+            stages = timm_stages(module)
         if meta["config"].get("cut_stage") is not None:  # a truncated run: rebuild the same cut
             module, stages, _ = truncate_module(module, stages, meta["config"]["cut_stage"])
         return module, stages, None

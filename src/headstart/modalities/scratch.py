@@ -36,6 +36,7 @@ from torch import nn
 
 from headstart.device import default_device
 from headstart.encoders.model import TransferModel
+from headstart.encoders.scratch_source import SCRATCH_INPUT, SCRATCH_WIDTHS, ScratchBody
 from headstart.train.distributed import LOCAL
 from headstart.train.loop import fit
 from headstart.train.optim import decays
@@ -43,43 +44,26 @@ from headstart.train.strategies import plan_phases
 
 log = logging.getLogger("headstart")
 
-SCRATCH_SIZE = 32  # input side of the from-scratch model (pixels), the CIFAR regime
-
-
-class _Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.short(x))
+SCRATCH_SIZE = SCRATCH_INPUT  # input side of the from-scratch model (pixels), the CIFAR regime
 
 
 class ScratchNet(nn.Module):
-    """A compact ResNet for small inputs: 3x3 stem, four residual blocks (16-128 channels), 0.3 M parameters.
+    """``scratch:small`` (:class:`ScratchBody`: 3x3 stem, four residual blocks of 16-128 channels) with a
+    linear head, 0.3 M parameters; normalises its own inputs.
 
     Small on purpose: it has to train many epochs within the transfer run's wall time on a CPU.
     """
 
-    def __init__(self, num_classes: int, width: int = 16):
+    def __init__(self, num_classes: int, widths: tuple[int, int, int, int] = SCRATCH_WIDTHS["small"]):
         super().__init__()
-        w = width
-        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
-        self.blocks = nn.Sequential(_Block(w, w, 1), _Block(w, 2 * w, 2), _Block(2 * w, 4 * w, 2),
-                                    _Block(4 * w, 8 * w, 2))
-        self.head = nn.Linear(8 * w, num_classes)
+        self.body = ScratchBody(widths)
+        self.head = nn.Linear(self.body.num_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         x = (x - 0.5) / 0.25
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+        return self.head(self.body(x))
 
 
 def resize_pixels(pixels: torch.Tensor, size: int, batch_size: int = 256) -> torch.Tensor:
