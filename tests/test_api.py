@@ -6,6 +6,7 @@ import torch
 from conftest import TINY, make_images
 
 from headstart import TransferClassifier, load
+from headstart.device import cpu_has_fast_bf16
 from headstart.errors import DataError, HeadstartError
 
 
@@ -27,7 +28,9 @@ def test_save_load_round_trip_predictions_equal(fitted, tiny_data):
     assert again.classes_ == clf.classes_ == ["bright", "dark"]
 
 
-@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 0.05)])
+@pytest.mark.parametrize("precision,tol", [
+    ("fp32", 1e-5),
+    pytest.param("bf16", 0.05, marks=pytest.mark.skipif(not cpu_has_fast_bf16(), reason="no bf16 on this CPU"))])
 def test_predict_on_the_fast_path_matches_the_plain_forward(fitted, tiny_data, precision, tol):
     """predict_proba runs the backbone through the inference fast path (BatchNorm folded, channels_last,
     bf16 weights for bf16); the probabilities equal the model's own fp32 forward within that precision."""

@@ -27,8 +27,9 @@ from headstart.config import TrainConfig
 from headstart.data import class_list, encode_labels, stratified_split
 from headstart.data.sources import aligned_labels
 from headstart.device import default_device, resolve_precision
-from headstart.distill import DistillConfig, Distilled, Teacher, student_config
-from headstart.distill import distill as run_distill
+from headstart.distill.config import DistillConfig
+from headstart.distill.pipeline import Distilled, Teacher, student_config
+from headstart.distill.pipeline import distill as run_distill
 from headstart.encoders import DEFAULT_BACKBONE, get_backbone
 from headstart.encoders.cut import truncate_backbone
 from headstart.encoders.model import TransferModel

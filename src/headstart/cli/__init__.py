@@ -58,14 +58,21 @@ def train(
 
 
 @app.command()
-def resume(run: Path = typer.Argument(..., help="The --out directory of an interrupted `headstart train`.")):
-    """Continue a killed or interrupted training run from its last checkpoint."""
+def resume(run: Path = typer.Argument(..., help="The --out directory of an interrupted `headstart train` "
+                                     "or `headstart distill`.")):
+    """Continue a killed or interrupted training or distillation run from its last checkpoint."""
     from headstart.errors import HeadstartError
-    from headstart.io.run import TRAIN_ARGS
+    from headstart.io.run import DISTILL_ARGS, TRAIN_ARGS
 
+    if (run / DISTILL_ARGS).is_file():
+        args = json.loads((run / DISTILL_ARGS).read_text())
+        args["out"] = str(run)
+        _run_distill(args, resume=True, quiet=False)
+        return
     path = run / TRAIN_ARGS
     if not path.is_file():
-        raise HeadstartError(f"{str(run)!r} has no {TRAIN_ARGS}; it was not started by `headstart train`.")
+        raise HeadstartError(f"{str(run)!r} has no {TRAIN_ARGS}; it was not started by `headstart train` "
+                             "or `headstart distill`.")
     args = json.loads(path.read_text())
     args["out"] = str(run)
     _run_train(args, resume=True, quiet=False)
@@ -374,17 +381,29 @@ def distill(
     for 30 epochs at lr 2e-3, batch 64; a pretrained one the usual two-stage schedule. Augmentation is the
     --views (teacher and student see the same views).
     """
-    from headstart.estimator import load
-
     defaults = TrainConfig().to_dict()
-    options = {k: v for k, v in config.to_dict().items() if v != defaults[k]}  # what the user set
-    teacher = load(run)
-    fields = settings.to_dict()
-    student = fields.pop("student")
+    args = {"run": str(run), "out": str(out), "data": data, "val": val, "unlabeled": unlabeled,
+            "settings": settings.to_dict(),
+            "options": {k: v for k, v in config.to_dict().items() if v != defaults[k]}}  # what the user set
+    _run_distill(args, resume=resume, quiet=quiet)
+
+
+def _run_distill(args: dict, resume: bool, quiet: bool) -> None:
+    from headstart.estimator import load
+    from headstart.io.run import DISTILL_ARGS
+    from headstart.storage import check_writable, write_json
+
+    out = Path(args["out"])
+    check_writable(out)
+    teacher = load(args["run"])
+    if not resume:
+        write_json(out / DISTILL_ARGS, args)
+    settings = dict(args["settings"])
+    student = settings.pop("student")
     console = render.console()
     with EpochProgress(console, quiet) as progress:
-        result = teacher.distill(student, data=data, validation=val, unlabeled=unlabeled, out=out,
-                                 progress=progress, resume=resume, **fields, **options)
+        result = teacher.distill(student, data=args["data"], validation=args["val"], unlabeled=args["unlabeled"],
+                                 out=out, progress=progress, resume=resume, **settings, **args["options"])
     render.print_fit_summary(console, result.run_, result.fit_seconds_)
     render.print_distillation(console, result.run_)
 

