@@ -26,6 +26,15 @@ def test_help_is_fast_and_imports_no_torch():
     assert time.perf_counter() - t < 10  # generous; typically well under a second
 
 
+def test_version_and_piped_tables_keep_full_names():
+    from headstart import __version__
+
+    assert run("--version").stdout.strip() == f"headstart {__version__}"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # a pipe, as `headstart backbones | cat`
+    out = subprocess.run([*HS, "backbones"], capture_output=True, text=True, env=env, check=True).stdout
+    assert "timm:tf_efficientnet_lite0" in out and "…" not in out
+
+
 def test_train_predict_evaluate_end_to_end(image_folder, tmp_path):
     out = tmp_path / "run"
     run("train", image_folder, "--backbone", TINY, "--random-init", "--out", out, "--epochs", "1",

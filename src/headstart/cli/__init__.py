@@ -21,6 +21,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Transfer learning in one command: fine-tune pretrained models on your data.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from headstart import __version__
+
+        print(f"headstart {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """Transfer learning in one command: fine-tune pretrained models on your data."""
+
+
 @app.command()
 @with_config_options(TrainConfig)
 def train(
@@ -210,10 +224,9 @@ def backbones(
     stages: Optional[str] = typer.Option(None, help="Show the freezable stages of this backbone."),
 ):
     """List available backbones and which work offline right now."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = render.console(stderr=False)
     if stages:
         from headstart.encoders import get_backbone
         from headstart.encoders.cut import stage_summary
@@ -247,7 +260,6 @@ def rank(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ):
     """Rank pretrained backbones for your data by transferability (LogME, LEEP, NCE, H-score, k-NN)."""
-    from rich.console import Console
     from rich.table import Table
 
     from headstart.assess.rank import rank as rank_backbones
@@ -265,7 +277,7 @@ def rank(
         table.add_row(r["backbone"], fmt(r, "logme"), fmt(r, "leep"), fmt(r, "nce"), fmt(r, "hscore"),
                       f"{r['knn_acc']:.3f}", f"{r['linear_acc']:.3f}", f"{r['params_m']}M",
                       "cached" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}")
-    console = Console()
+    console = render.console(stderr=False)
     console.print(table)
     console.print(recommendation(rows))
 
@@ -280,7 +292,6 @@ def plan(
     """Per-stage profile and the recommended strategy: features, freeze depth, learning-rate ratio."""
     from dataclasses import asdict
 
-    from rich.console import Console
     from rich.table import Table
 
     from headstart.assess.plan import plan_for_data
@@ -309,7 +320,7 @@ def plan(
             role += ", cut here"
         table.add_row(str(r.index), r.name, str(r.channels), f"{r.logme:.3f}", f"{r.linear_acc:.3f}",
                       f"{r.domain_distance:.2f}", role)
-    console = Console()
+    console = render.console(stderr=False)
     console.print(table)
     cut = "" if the_plan.cut_stage is None else f" --cut-stage {the_plan.cut_stage}"
     console.print(f"[bold]plan:[/bold] --strategy {the_plan.strategy} --freeze-stages {the_plan.freeze_stages} "

@@ -22,10 +22,10 @@ DEMO_RUNS = {
 
 
 def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/demo"), seed: int = 0) -> dict:
-    from rich.console import Console
     from rich.table import Table
 
     from headstart.cli.progress import EpochProgress
+    from headstart.cli.render import console as render_console
     from headstart.cli.render import print_baselines
     from headstart.data.datasets import (
         FASHION_MNIST_CLASSES,
@@ -34,7 +34,7 @@ def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/d
     )
     from headstart.estimator import TransferClassifier
 
-    console = Console()
+    console = render_console(stderr=False)
     x_train, y_train = fashion_mnist("train")
     x_test, y_test = fashion_mnist("test")
     if test_limit:

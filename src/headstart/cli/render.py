@@ -8,11 +8,20 @@ import json
 import sys
 from pathlib import Path
 
+# Width of output that is not a terminal (a pipe, a log file): wide enough that tables keep full names
+# (rich would wrap and cut them at 80 columns: `headstart backbones | cat` read `timm:tf_efficientn…`).
+PIPE_WIDTH = 400
+
 
 def console(stderr: bool = True):
+    """A rich console on stderr (progress, summaries) or stdout (tables asked for); $COLUMNS wins."""
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
 
 
 def print_fit_summary(console, run, fit_seconds: float) -> None:
@@ -78,20 +87,19 @@ def write_predictions(rows: list[dict], output: Path | None) -> None:
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.print(f"accuracy [bold]{report['accuracy']:.4f}[/bold]  macro-F1 {report['macro_f1']:.4f}  "
+    out = console(stderr=False)
+    out.print(f"accuracy [bold]{report['accuracy']:.4f}[/bold]  macro-F1 {report['macro_f1']:.4f}  "
                   f"({report['n']} examples, {report['n_skipped']} skipped)")
     table = Table("class", "precision", "recall", "F1", "support")
     for c, m in report["per_class"].items():
         table.add_row(c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    console.print(table)
+    out.print(table)
     cm = Table("true \\ predicted", *[c[:10] for c in report["classes"]], title="confusion matrix")
     for c, row in zip(report["classes"], report["confusion_matrix"]):
         cm.add_row(c[:16], *[str(v) for v in row])
-    console.print(cm)
+    out.print(cm)
 
 
 def print_text_stages(console, bb) -> None:

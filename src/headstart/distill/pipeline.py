@@ -75,7 +75,7 @@ def student_config(spec: str, teacher_cfg: TrainConfig, options: dict[str, Any])
 
 def distill(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, train_ex, val_ex, pool=None, *,
             out: str | Path | None = None, progress: Callable | None = None, resume: bool = False) -> Distilled:
-    """Train ``settings.student`` on ``teacher``'s outputs (see the module docstring for the steps)."""
+    """Train ``settings.student`` on ``teacher``'s outputs (the steps: ``headstart.distill``'s docstring)."""
     t_start = time.perf_counter()
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
@@ -94,11 +94,12 @@ def distill(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, train_e
 
     direct, direct_model = state.get("direct"), None
     if direct is None:
-        direct, direct_model = _direct_student(teacher, settings, cfg, ts, val_ex, precision, has_val)
+        direct, direct_model = _direct_student(teacher, settings, cfg, ts, val_ex, precision, has_val,
+                                               _named(progress, "direct"))
         state.put("direct", direct)
     chosen = state.get("chosen")
     if chosen is None:
-        chosen = _choose(teacher, settings, cfg, ts, val_ex, precision, has_val)
+        chosen = _choose(teacher, settings, cfg, ts, val_ex, precision, has_val, progress)
         state.put("chosen", chosen)
     temperature, alpha = chosen["temperature"], chosen["alpha"]
     settings = settings.replace(temperature=temperature, alpha=alpha)
@@ -107,9 +108,9 @@ def distill(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, train_e
     metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
     log.info("distill: training %s (T=%g, alpha=%g) on %d rows", settings.student, temperature, alpha,
              len(ts.data.x_train))
-    model, backbone, history = _train(settings.student, len(teacher.classes), ts.data, cfg, DistillObjective(temperature, alpha),
-                                      metrics_path=metrics_path, checkpoint_path=checkpoint_path, resume=ckpt,
-                                      progress=progress)
+    model, backbone, history = _train(settings.student, len(teacher.classes), ts.data, cfg,
+                                      DistillObjective(temperature, alpha), metrics_path=metrics_path,
+                                      checkpoint_path=checkpoint_path, resume=ckpt, progress=progress)
     student_acc = _accuracy(model, teacher, backbone, val_ex, precision) if has_val else None
     sample = train_ex.subset(list(range(min(8, len(train_ex)))))
     report = _report(teacher, teacher_val, model, ts, sample, direct, chosen, student_acc, settings, checks,
@@ -209,7 +210,7 @@ def _train(spec: str, n_classes: int, data: TrainData, cfg: TrainConfig, objecti
 
 
 def _direct_student(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, ts: TransferSet, val_ex,
-                    precision: str, has_val: bool) -> tuple[dict[str, Any], TransferModel | None]:
+                    precision: str, has_val: bool, progress=None) -> tuple[dict[str, Any], TransferModel | None]:
     """The student trained on the labelled rows alone: same views, seed and at most the same steps."""
     if not settings.compare:
         return {"skipped": "compare=False"}, None
@@ -221,14 +222,14 @@ def _direct_student(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig,
              len(ts.direct.x_train))
     t0 = time.perf_counter()
     model, backbone, history = _train(settings.student, len(teacher.classes), ts.direct, dcfg,
-                                      Objective(cfg.label_smoothing))
+                                      Objective(cfg.label_smoothing), progress=progress)
     acc = _accuracy(model, teacher, backbone, val_ex, precision)
     return {"val_acc": acc, "epochs": dcfg.epochs, "head_epochs": dcfg.head_epochs,
             "epochs_run": len(history.epochs), "seconds": round(time.perf_counter() - t0, 2)}, model
 
 
 def _choose(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, ts: TransferSet, val_ex, precision: str,
-            has_val: bool) -> dict[str, Any]:
+            has_val: bool, progress=None) -> dict[str, Any]:
     """T and alpha: as given, else the candidate whose short run scores best on the validation split."""
     candidates = settings.candidates()
     if len(candidates) == 1:
@@ -245,12 +246,19 @@ def _choose(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, ts: Tra
     for t, a in candidates:
         log.info("distill: trying T=%g, alpha=%g (%d epochs)", t, a, short.epochs)
         model, backbone, history = _train(settings.student, len(teacher.classes), ts.data, short,
-                                          DistillObjective(t, a))
+                                          DistillObjective(t, a), progress=_named(progress, f"T={t:g} a={a:g}"))
         rows.append({"temperature": t, "alpha": a, "val_acc": _accuracy(model, teacher, backbone, val_ex, precision),
                      "val_loss": _final_record(history).get("val_loss")})
     best = max(rows, key=lambda r: (r["val_acc"], -(r["val_loss"] if r["val_loss"] is not None else math.inf)))
     return {"temperature": best["temperature"], "alpha": best["alpha"], "by": "validation", "selection": rows,
             "selection_epochs": short.epochs}
+
+
+def _named(progress, name: str):
+    """The progress callback with its bars named after this student ("direct finetune", ...)."""
+    if progress is None:
+        return None
+    return lambda rec, total: progress({**rec, "phase": f"{name} {rec['phase']}"}, total)
 
 
 def _final_record(history: History) -> dict[str, Any]:

@@ -177,7 +177,8 @@ def _teacher_on_encoded(teacher: Teacher, examples, precision: str):
 def _head(model: TransferModel, feats: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device
-    out = [model.head(feats[i:i + batch_size].to(device).float()).float().cpu() for i in range(0, len(feats), batch_size)]
+    out = [model.head(feats[i:i + batch_size].to(device).float()).float().cpu()
+           for i in range(0, len(feats), batch_size)]
     return torch.cat(out) if out else torch.empty(0, model.head[-1].out_features)
 
 
