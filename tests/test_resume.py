@@ -157,3 +157,14 @@ def test_resume_with_different_data_is_refused(tmp_path):
         torch.save(ckpt, tmp)
     with pytest.raises(HeadstartError, match="training images differ"):
         TransferClassifier(TINY, **opts).fit(np.flip(x, 0).copy(), y[::-1], out=run, resume=True)
+
+
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(folder, tmp_path):
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(_cli("train", folder, "--out", run, *ARGS), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "300"})
+    assert _wait_for_checkpoint(run / "checkpoint.pt", proc, phase_index=1), "finished before it could be stopped"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"continue with: headstart resume {run}" in err and "checkpoint (phase 2, epoch" in err

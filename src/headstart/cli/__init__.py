@@ -4,6 +4,7 @@ Only typer is imported at start-up; torch and friends load inside the commands, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def _run_train(args: dict, resume: bool, quiet: bool) -> None:
     if not resume and is_main_process():  # one writer when several processes train
         write_json(out / TRAIN_ARGS, args)
     console = render.console()
-    with EpochProgress(console, quiet) as progress:
+    with _interruptible(out, console), EpochProgress(console, quiet) as progress:
         clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
     if clf.run_ is not None:  # the main process saved the run; the others have nothing to report
         render.print_fit_summary(console, clf.run_, clf.fit_seconds_)
@@ -412,7 +413,7 @@ def _run_distill(args: dict, resume: bool, quiet: bool) -> None:
     settings = dict(args["settings"])
     student = settings.pop("student")
     console = render.console()
-    with EpochProgress(console, quiet) as progress:
+    with _interruptible(out, console), EpochProgress(console, quiet) as progress:
         result = teacher.distill(student, data=args["data"], validation=args["val"], unlabeled=args["unlabeled"],
                                  out=out, progress=progress, resume=resume, **settings, **args["options"])
     render.print_fit_summary(console, result.run_, result.fit_seconds_)
@@ -431,10 +432,27 @@ def demo(
     run_demo(per_class=per_class, test_limit=test_limit, out=out)
 
 
+@contextlib.contextmanager
+def _interruptible(out: Path, console):
+    """Ctrl-C or SIGTERM while training: one line saying what was saved and the exact resume command."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted:[/yellow] {render.interrupted(out)}", highlight=False)
+        sys.exit(130)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) ends a run the way Ctrl-C does
+
+
 def main() -> None:
     """Entry point: user errors become one clean line on stderr and exit code 2, never a traceback."""
+    import signal
+
     from headstart.errors import HeadstartError
 
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except HeadstartError as exc:

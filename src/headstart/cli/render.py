@@ -186,3 +186,23 @@ def print_distillation(console, run) -> None:
             console.print("[bold red]WARNING:[/bold red] distillation did worse than training the student on the "
                           "labels alone; use the direct student (`headstart train --backbone "
                           f"{rep['student']['spec']}`) or another T/alpha.", highlight=False)
+
+
+def interrupted(out) -> str:
+    """What an interrupted ``train`` or ``distill`` left in ``out``, and how to continue it."""
+    from headstart.io.run import CHECKPOINT, DISTILL_ARGS
+
+    out = Path(out)
+    ckpt = out / CHECKPOINT
+    if ckpt.is_file():
+        from headstart.train.loop import load_checkpoint
+
+        try:
+            c = load_checkpoint(ckpt)
+            where = f" (phase {c['phase_index'] + 1}, epoch {c['epoch']})"
+        except Exception:  # being replaced at this very moment: the file is still there
+            where = ""
+        return f"the last checkpoint{where} is saved in {ckpt}; continue with: headstart resume {out}"
+    if (out / DISTILL_ARGS).is_file() and (out / "distill_state.json").is_file():
+        return f"the finished stages are saved in {out}; continue with: headstart resume {out}"
+    return f"stopped before the first checkpoint, so {out} holds nothing to resume; run the same command again"
