@@ -69,7 +69,9 @@ def teacher_run(runs: Path, x, y, args):
     if (path / "headstart.json").is_file():
         return load(path), None
     t0 = time.perf_counter()
-    TransferClassifier(TEACHER, strategy="two-stage", epochs=args.teacher_epochs, seed=0).fit(x, y, out=path)
+    # No baselines: the comparison here is the direct student; resume a teacher run that was interrupted.
+    TransferClassifier(TEACHER, strategy="two-stage", epochs=args.teacher_epochs, seed=0, baselines=False).fit(
+        x, y, out=path, resume=(path / "checkpoint.pt").is_file())
     return load(path), round(time.perf_counter() - t0, 1)
 
 
