@@ -77,7 +77,7 @@ def test_config_flags_cover_optional_and_boolean_fields():
 
 def test_every_option_the_readme_names_exists():
     commands = _commands()
-    every = set().union(*(_flags(c) for c in commands.values()))
+    every = set().union(*(_flags(c) for c in commands.values())) | _flags(typer.main.get_command(app))  # --version
     missing = []
     for line in README.read_text(encoding="utf-8").splitlines():
         code = line.split(" # ")[0]

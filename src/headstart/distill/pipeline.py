@@ -244,7 +244,7 @@ def _choose(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, ts: Tra
                         head_epochs=max(1, round(cfg.head_epochs * frac)) if cfg.head_epochs else 0)
     rows = []
     for t, a in candidates:
-        log.info("distill: trying T=%g, alpha=%g (%d epochs)", t, a, short.epochs)
+        log.info("distill: trying T=%g, alpha=%g (%s)", t, a, _budget(short))
         model, backbone, history = _train(settings.student, len(teacher.classes), ts.data, short,
                                           DistillObjective(t, a), progress=_named(progress, f"T={t:g} a={a:g}"))
         rows.append({"temperature": t, "alpha": a, "val_acc": _accuracy(model, teacher, backbone, val_ex, precision),
@@ -252,6 +252,11 @@ def _choose(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, ts: Tra
     best = max(rows, key=lambda r: (r["val_acc"], -(r["val_loss"] if r["val_loss"] is not None else math.inf)))
     return {"temperature": best["temperature"], "alpha": best["alpha"], "by": "validation", "selection": rows,
             "selection_epochs": short.epochs}
+
+
+def _budget(cfg: TrainConfig) -> str:
+    return f"{cfg.head_epochs} head epochs, {cfg.epochs} epochs" if cfg.strategy == "two-stage" else (
+        f"{cfg.head_epochs} head epochs" if cfg.strategy == "linear-probe" else f"{cfg.epochs} epochs")
 
 
 def _named(progress, name: str):
