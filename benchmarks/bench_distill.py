@@ -169,6 +169,10 @@ def main() -> None:
                          f"{r['student_file_bytes'] / 1e6:.2f}MB", f"{r['throughput_ratio']}x"])
     table(["pair", "teacher", "KD", "direct", "gain", "gain 95%", "ratio", "ratio 95%", "params", "file",
            "throughput vs teacher"], body)
+    for key in ("lite0", "tiny"):
+        if key in out:
+            print(f"RATIO distill_{key}_gain_points: {100 * out[key]['gain_mean']:+.2f}")
+            print(f"RATIO distill_{key}_throughput_vs_teacher: {out[key]['throughput_ratio']}x")
 
 
 if __name__ == "__main__":
