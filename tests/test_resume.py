@@ -161,7 +161,9 @@ def test_resume_with_different_data_is_refused(tmp_path):
 
 def test_ctrl_c_says_what_was_saved_and_how_to_resume(folder, tmp_path):
     run = tmp_path / "stopped"
-    proc = subprocess.Popen(_cli("train", folder, "--out", run, *ARGS), stdout=subprocess.PIPE,
+    # Long and without early stopping: the run must still be training when the signal comes.
+    long = [a for a in ARGS] + ["--epochs", "400", "--patience", "1000"]
+    proc = subprocess.Popen(_cli("train", folder, "--out", run, *long), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "300"})
     assert _wait_for_checkpoint(run / "checkpoint.pt", proc, phase_index=1), "finished before it could be stopped"
     proc.send_signal(signal.SIGINT)
