@@ -28,7 +28,7 @@ from headstart.encoders.model import TransferModel
 from headstart.errors import BackboneError, DataError, HeadstartError
 from headstart.io.run import CHECKPOINT, resume_checkpoint, run_paths
 from headstart.storage import check_writable, write_json
-from headstart.train.distributed import make_accelerator
+from headstart.train.distributed import make_accelerator, process_state
 from headstart.train.loop import History, TrainData, fit, seed_everything
 from headstart.train.objectives import Objective
 
@@ -79,7 +79,7 @@ def distill(teacher: Teacher, settings: DistillConfig, cfg: TrainConfig, train_e
     t_start = time.perf_counter()
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
-    if make_accelerator(resolve_precision(cfg.precision, device, purpose="train")).num_processes > 1:
+    if process_state().num_processes > 1:  # read the process state; building an accelerator here would reset it
         raise HeadstartError("distill runs in one process; start it without torchrun / accelerate launch.")
     state = _State(out, settings, cfg, resume)
     checks = check_pair(teacher, settings.student)
