@@ -23,6 +23,8 @@ LAYERS = [
     ("headstart.distill",),  # teacher -> student: the transfer set, the KD objective, the report
     ("headstart.estimator", "headstart.text"),  # TransferClassifier, load
     ("headstart.discover",),  # unsupervised transfer: group an unlabelled pool (may read a run's backbone)
+    ("headstart.export",),  # a run as ONNX / OpenVINO IR, gated on parity with the PyTorch model
+    ("headstart.serve",),  # the HTTP server and its web page
     ("headstart.cli",),  # the command line, renderers, demo
 ]
 

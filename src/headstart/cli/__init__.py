@@ -17,6 +17,7 @@ from headstart.cli.options import with_config_options
 from headstart.cli.progress import EpochProgress
 from headstart.config import DEFAULT_BACKBONE, TrainConfig
 from headstart.distill.config import DistillConfig
+from headstart.export.config import ExportConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: fine-tune pretrained models on your data.")
@@ -418,6 +419,31 @@ def _run_distill(args: dict, resume: bool, quiet: bool) -> None:
                                  out=out, progress=progress, resume=resume, **settings, **args["options"])
     render.print_fit_summary(console, result.run_, result.fit_seconds_)
     render.print_distillation(console, result.run_)
+
+
+@app.command("export")
+@with_config_options(ExportConfig)
+def export_run(
+    run: Path = typer.Argument(..., help="A run directory written by `headstart train` or `headstart distill`."),
+    out: Path = typer.Option(..., "--out", "-o", help="An .onnx file (or a folder for model.onnx); for "
+                             "--format openvino a folder (model.xml, model.bin). export.json is written beside."),
+    data: Optional[str] = typer.Option(None, help="Real inputs for the parity check (default: the run's training "
+                                       "data, when that file or folder exists here)."),
+    as_json: bool = typer.Option(False, "--json", help="Print export.json instead of a summary."),
+    config: ExportConfig = None,
+):
+    """Export a run for serving: uint8 images (or token ids) in, logits and probabilities out, any batch.
+
+    The export fails, and leaves no model, unless the exported graph matches the PyTorch model on
+    --parity-inputs real inputs to --tolerance (max |logit difference|) with every top-1 class the same.
+    """
+    from headstart.export import export
+
+    result = export(run, out, config, data=data)
+    if as_json:
+        print(json.dumps(result.report, indent=2))
+        return
+    render.print_export(render.console(stderr=False), result)
 
 
 @app.command()

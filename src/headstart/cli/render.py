@@ -188,6 +188,23 @@ def print_distillation(console, run) -> None:
                           f"{rep['student']['spec']}`) or another T/alpha.", highlight=False)
 
 
+def print_export(console, result) -> None:
+    """Where the export went, what it takes, and the parity gate's figures."""
+    r, p = result.report, result.report["parity"]
+    ins = ", ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in r["inputs"])
+    console.print(f"[green]exported[/green] {result.model} ({r['format']}, opset {r['opset']}); metadata in "
+                  f"{result.metadata}", highlight=False)
+    console.print(f"inputs: {ins}; outputs: logits, probabilities over {len(r['classes'])} classes", highlight=False)
+    console.print(f"parity ({p['engine']}): {p['inputs']} inputs ({p['real_inputs']} of them the data's own), "
+                  f"max |Δ logit| {p['max_abs_logit_diff']:.2e} (gate {p['tolerance']:g}), top-1 agreement "
+                  f"{p['top1_agreement']:.2%}", highlight=False)
+    if r.get("bf16"):
+        b = r["bf16"]
+        console.print(f"OpenVINO bf16 (this CPU has it; fp32 is the default at load): max |Δ logit| "
+                      f"{b['max_abs_logit_diff']:.2e}, top-1 agreement {b['top1_agreement']:.2%}", highlight=False)
+    console.print(f"prepare inputs: {r['how_to_prepare']}", highlight=False)
+
+
 def interrupted(out) -> str:
     """What an interrupted ``train`` or ``distill`` left in ``out``, and how to continue it."""
     from headstart.io.run import CHECKPOINT, DISTILL_ARGS

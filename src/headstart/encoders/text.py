@@ -51,7 +51,10 @@ class HFEncoder(nn.Module):
         self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids, mask = trim(x)
+        return self.forward_ids(*trim(x))
+
+    def forward_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids and mask → (B, hidden); no data-dependent trimming, so it exports as one graph."""
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         out = pool(hidden, mask, self.pooling)
         return F.normalize(out.float(), dim=-1) if self.normalize else out
@@ -73,7 +76,10 @@ class BagOfVectors(nn.Module):
         self.pooling = pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ids, mask = trim(x)
+        return self.forward_ids(*trim(x))
+
+    def forward_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids and mask → (B, dim); padding (mask 0) adds nothing, so any padded width gives the same."""
         weights = mask.float() * self.idf[ids]
         vectors = self.embeddings(ids)
         return (vectors * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1e-6)
