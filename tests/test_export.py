@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, make_images, write_folder
 
 ort = pytest.importorskip("onnxruntime")
@@ -168,7 +167,7 @@ def test_word_vector_runs_export(tmp_path):
     (tmp_path / "vec.txt").write_text("\n".join(lines) + "\n")
     texts = ["good film", "great plot", "bad film", "awful plot", "good great", "bad awful"] * 4
     labels = ["p", "p", "n", "n", "p", "n"] * 4
-    clf = TextClassifier(f"vectors:{tmp_path / 'vec.txt'}", strategy="linear-probe", head_min_steps=20,
+    TextClassifier(f"vectors:{tmp_path / 'vec.txt'}", strategy="linear-probe", head_min_steps=20,
                          baselines=False).fit(texts, labels, out=tmp_path / "run")
     result = export(tmp_path / "run", tmp_path / "out", data=texts, parity_inputs=60)
     assert result.model == tmp_path / "out" / "model.onnx" and (tmp_path / "out" / "tokenizer" / "vocab.txt").is_file()
