@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # e.g. `make test TORCH_SPEC="torch torchvision"`. The package itself only needs torch>=2.2.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install dev data bench clean help
+.PHONY: demo test install dev data browser bench clean help
 
 help:
 	@echo "make demo   - create $(VENV), install headstart, run the Fashion-MNIST demo"
@@ -43,10 +43,18 @@ data:
 	  else echo "note: Fashion-MNIST not installed; headstart will download it"; fi; \
 	fi
 
+# Chromium from Debian for the page's browser test (Playwright drives it; no browser download).
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null; \
+	  else echo "note: chromium not installed; the browser test will be skipped"; fi; \
+	fi
+
 demo: install data
 	$(BIN)/headstart demo
 
-test: dev data
+test: dev data browser
 	$(BIN)/python -m pytest -q
 
 bench: dev data

@@ -18,6 +18,7 @@ from headstart.cli.progress import EpochProgress
 from headstart.config import DEFAULT_BACKBONE, TrainConfig
 from headstart.distill.config import DistillConfig
 from headstart.export.config import ExportConfig
+from headstart.serve.config import ServeConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer learning in one command: fine-tune pretrained models on your data.")
@@ -444,6 +445,23 @@ def export_run(
         print(json.dumps(result.report, indent=2))
         return
     render.print_export(render.console(stderr=False), result)
+
+
+@app.command()
+@with_config_options(ServeConfig)
+def serve(
+    run: Path = typer.Argument(..., help="A run directory written by `headstart train` or `headstart distill`."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log one line per request."),
+    config: ServeConfig = None,
+):
+    """Serve a run over HTTP: POST /predict, GET /health, /metadata, OpenAPI at /docs, a web page at /.
+
+    Inputs from concurrent requests share model calls (dynamic batching, --max-batch, --max-wait-ms). Bind
+    anything but loopback only with --token; bodies over --max-body-mb get 413.
+    """
+    from headstart.serve import serve as run_server
+
+    run_server(run, config, access_log=access_log)
 
 
 @app.command()
