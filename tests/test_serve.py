@@ -275,7 +275,7 @@ def test_real_server_finishes_requests_in_flight_on_sigterm(slow_batching_server
         httpx.get(url + "/health", timeout=2)
 
 
-def test_schemathesis_finds_no_failures(server):
+def test_schemathesis_finds_no_failures(server, tmp_path):
     """Every operation of the OpenAPI schema, fuzzed against the real server: 0 failures, 0 server errors."""
     st = shutil.which("st", path=os.path.dirname(sys.executable)) or shutil.which("st")
     if st is None:
@@ -286,7 +286,7 @@ def test_schemathesis_finds_no_failures(server):
                         # "bytes that decode as an image", so random bytes rightly get 415.
                         "--checks", "all", "--exclude-checks", "positive_data_acceptance", "--workers", "1",
                         "--no-color"],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache stays out of the tree
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
 
 

@@ -75,19 +75,25 @@ def graph_arrays(batch: torch.Tensor, modality: str, layout: str) -> tuple[np.nd
     return ((batch.permute(0, 2, 3, 1) if layout == "nhwc" else batch).contiguous().numpy(),)
 
 
-def compare(model, run_graph: Callable[..., np.ndarray], inputs: ParityInputs, *, modality: str, layout: str,
-            tolerance: float) -> dict:
-    """Logits of ``model`` (fp32 eager, the reference) and of ``run_graph`` on every input, and the verdict."""
-    n = len(inputs)
-    ref = got = None
+def reference(model, inputs: ParityInputs, *, modality: str) -> np.ndarray:
+    """The run's model on every input in fp32 eager: what every exported graph is compared with."""
+    out = None
     model = model.float().eval()
     with torch.inference_mode(), torch.autocast("cpu", enabled=False):
         for idx, batch in batches(inputs, modality):
             r = model(batch).float().numpy()
-            g = np.asarray(run_graph(*graph_arrays(batch, modality, layout)), dtype=np.float32)
-            if ref is None:
-                ref, got = np.empty((n, r.shape[1]), np.float32), np.empty((n, r.shape[1]), np.float32)
-            ref[idx], got[idx] = r, g
+            if out is None:
+                out = np.empty((len(inputs), r.shape[1]), np.float32)
+            out[idx] = r
+    return out
+
+
+def compare(ref: np.ndarray, run_graph: Callable[..., np.ndarray], inputs: ParityInputs, *, modality: str,
+            layout: str, tolerance: float) -> dict:
+    """Logits of ``run_graph`` on every input against the :func:`reference` ones ``ref``, and the verdict."""
+    got = np.empty_like(ref)
+    for idx, batch in batches(inputs, modality):
+        got[idx] = np.asarray(run_graph(*graph_arrays(batch, modality, layout)), dtype=np.float32)
     return verdict(ref, got, tolerance, inputs)
 
 

@@ -20,7 +20,13 @@ import torch
 from headstart.errors import HeadstartError
 from headstart.export.config import ExportConfig
 from headstart.export.graph import OUTPUTS, graph_for, output_specs
-from headstart.export.parity import ParityInputs, compare, image_inputs, text_inputs
+from headstart.export.parity import (
+    ParityInputs,
+    compare,
+    image_inputs,
+    reference,
+    text_inputs,
+)
 from headstart.export.writers import (
     OnnxRunner,
     OpenVinoRunner,
@@ -106,12 +112,12 @@ def export(run, out: str | Path, config: ExportConfig | None = None, *, data=Non
             runner = OpenVinoRunner(Path(tmp) / "model.xml", "f32")
             written = [Path(tmp) / "model.xml", Path(tmp) / "model.bin"]
         modality = clf.modality_.name
-        parity = compare(clf.model_, runner, inputs, modality=modality, layout=config.layout,
-                         tolerance=config.tolerance)
+        ref = reference(clf.model_, inputs, modality=modality)
+        parity = compare(ref, runner, inputs, modality=modality, layout=config.layout, tolerance=config.tolerance)
         parity["engine"] = runner.describe
         report = _report(clf, config, target, exporter, opset, graph.input_specs(size), parity)
         if config.format == "openvino" and cpu_has_bf16():
-            bf16 = compare(clf.model_, OpenVinoRunner(Path(tmp) / "model.xml", "bf16"), inputs, modality=modality,
+            bf16 = compare(ref, OpenVinoRunner(Path(tmp) / "model.xml", "bf16"), inputs, modality=modality,
                            layout=config.layout, tolerance=config.tolerance)
             report["bf16"] = {k: bf16[k] for k in ("max_abs_logit_diff", "mean_abs_logit_diff", "top1_agreement")}
         del runner

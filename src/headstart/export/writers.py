@@ -95,20 +95,21 @@ class OnnxRunner:
 
 
 class OpenVinoRunner:
-    """OpenVINO on the CPU at ``precision`` ("f32" or "bf16", an inference precision hint)."""
+    """OpenVINO on the CPU at ``precision`` ("f32" or "bf16", an inference precision hint), returning
+    ``output`` ("logits" or "probabilities"); ``model`` is an IR file or an in-memory ``openvino.Model``."""
 
-    def __init__(self, path: Path, precision: str = "f32"):
+    def __init__(self, model, precision: str = "f32", output: str = "logits"):
         ov = _need("openvino", "openvino")
-        core = ov.Core()
-        self.compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        model = str(model) if isinstance(model, Path) else model
+        self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # what the plugin will really use
         self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         self.describe = f"openvino {ov.get_version().split('-')[0]} CPU {self.precision}"
         self.request = self.compiled.create_infer_request()
+        self.output = self.compiled.output(output)
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        result = self.request.infer(list(arrays))
-        return np.asarray(result[self.compiled.output("logits")])
+        return np.array(self.request.infer(list(arrays))[self.output], dtype=np.float32)
 
 
 def cpu_has_bf16() -> bool:

@@ -19,7 +19,7 @@ import torch
 from headstart.device import resolve_precision
 from headstart.errors import HeadstartError
 from headstart.export.graph import ImageGraph
-from headstart.export.writers import cpu_has_bf16
+from headstart.export.writers import OpenVinoRunner, cpu_has_bf16
 from headstart.features.fastpath import feature_extractor
 
 log = logging.getLogger("headstart")
@@ -84,7 +84,8 @@ class Predictor:
         if precision == "bf16" and not cpu_has_bf16():
             raise HeadstartError("precision 'bf16' was requested but OpenVINO reports no bf16 on this CPU; use "
                                  "'fp32' or 'auto'.")
-        hint = "bf16" if precision == "bf16" or (precision == "auto" and cpu_has_bf16()) else "f32"
+        # auto tries bf16 first where the CPU has it, then fp32: one conversion, compiled once per precision.
+        hints = ["bf16", "f32"] if precision == "auto" and cpu_has_bf16() else ["bf16" if precision == "bf16" else "f32"]
         size = clf.preprocess_.input_size
         graph = ImageGraph(clf.model_, "nchw").eval()
         started = time.perf_counter()
@@ -92,31 +93,23 @@ class Predictor:
             warnings.simplefilter("ignore")
             model = ov.convert_model(graph, example_input=graph.example_inputs(size),
                                      input=[ov.PartialShape([-1, 3, size, size])])
-        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint})
-        real = compiled.get_property("INFERENCE_PRECISION_HINT")
-        real = real.get_type_name() if hasattr(real, "get_type_name") else str(real)
-        out = compiled.output(1)  # probabilities
-        self = cls(clf, "openvino", "bf16" if real == "bf16" else "fp32")
-        self.notes.append(f"OpenVINO {ov.get_version().split('-')[0]}, {real}, converted in "
-                          f"{time.perf_counter() - started:.1f} s")
-        request = compiled.create_infer_request()
-
-        def run(pixels: torch.Tensor) -> np.ndarray:
-            return np.array(request.infer([pixels.numpy()])[out], dtype=np.float32)
-
-        self._run = run
-        reason = self._disagrees(graph, size)
-        if reason and hint == "bf16" and precision == "auto":  # bf16 rounding too coarse here: OpenVINO fp32
-            log.info("OpenVINO bf16 disagrees with the PyTorch model (%s); trying fp32", reason)
-            fallback = cls._openvino(clf, "fp32")
-            fallback.notes.append(f"bf16 dropped: {reason}")
-            return fallback
-        if reason:  # never serve a graph that computes something else: the torch path is always right
-            log.warning("OpenVINO disagrees with the PyTorch model (%s); serving with PyTorch", reason)
-            fallback = cls._torch(clf, precision if precision != "auto" else "fp32")
-            fallback.notes.append(f"OpenVINO dropped: {reason}")
-            return fallback
-        return self
+        converted = f"converted in {time.perf_counter() - started:.1f} s"
+        dropped = []
+        for hint in hints:
+            runner = OpenVinoRunner(model, hint, output=1)  # output 1: the probabilities
+            self = cls(clf, "openvino", "bf16" if runner.precision == "bf16" else "fp32")
+            self.notes += [f"{runner.describe}, {converted}"] + dropped
+            self._run = lambda pixels, runner=runner: runner(pixels.numpy())
+            reason = self._disagrees(graph, size)
+            if not reason:
+                return self
+            log.info("OpenVINO %s disagrees with the PyTorch model (%s)", runner.precision, reason)
+            dropped.append(f"{runner.precision} dropped: {reason}")
+        # Never serve a graph that computes something else: the torch path is always right.
+        log.warning("OpenVINO disagrees with the PyTorch model (%s); serving with PyTorch", reason)
+        fallback = cls._torch(clf, precision if precision != "auto" else "fp32")
+        fallback.notes.append(f"OpenVINO dropped: {reason}")
+        return fallback
 
     def _disagrees(self, graph: ImageGraph, size: int) -> str:
         """Why this engine's answers differ from fp32 PyTorch on a fixed batch ("" when they agree)."""
