@@ -13,6 +13,14 @@ Compared, on the same decoded 224 px Fashion-MNIST images:
     inductor's on-disk cache is pointed at a fresh folder unless ``--warm-compile-cache``), and its
     throughput amortised over 60,000 images (``--amortise``) as well as in steady state.
   * headstart, eager: the same prepared copy without compiling (what smaller datasets get).
+  * headstart, OpenVINO: ``compute_features`` under the OpenVINO engine (what ``engine="auto"`` picks
+    from 256 images on when OpenVINO is installed): the uint8-in graph converted and compiled by
+    OpenVINO's CPU plugin (bf16 where the CPU has it), checked against fp32 torch on its first images.
+    Its setup (conversion, cold: the converted-graph cache is pointed at a fresh folder) is printed.
+  * raw OpenVINO: what a user would write by hand on the same graph: the naive timm model with the
+    normalisation in a wrapper, ``ov.convert_model`` + ``compile_model`` (bf16 hint where the CPU has
+    it), timed two ways, one synchronous request of 64 images at a time (LATENCY hint) and a
+    THROUGHPUT-hint ``AsyncInferQueue`` of 16-image requests; the faster is the bar for headstart.
   * ``--more`` adds the previous fast path (bf16 autocast + channels_last on the unfolded model,
     batch 64) and the fp32 variants of headstart's path.
 
@@ -46,6 +54,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from headstart.features.cache import compute_features
+from headstart.features.engine import cpu_has_bf16, openvino, use_engine
 from headstart.features.fastpath import feature_extractor
 
 
@@ -67,6 +76,48 @@ def autocast_features(net, pixels, mean, std, batch_size=64):
             x = ((pixels[i:i + batch_size].float() / 255.0 - mean) / std).contiguous(memory_format=torch.channels_last)
             outs.append(net(x).float())
     return torch.cat(outs)
+
+
+class _Normalised(torch.nn.Module):
+    """The naive model with its normalisation inside: uint8 NCHW in, features out (raw OpenVINO's graph)."""
+
+    def __init__(self, net, mean, std):
+        super().__init__()
+        self.net, self.mean, self.std = net, mean, std
+
+    def forward(self, x):
+        return self.net((x.float() / 255.0 - self.mean) / self.std)
+
+
+def raw_openvino(net, mean, std, pixels, bf16: bool):
+    """{mode: callable} running the naive model through OpenVINO by hand, and the compile setup seconds."""
+    import numpy as np
+    import openvino as ov
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        model = ov.convert_model(_Normalised(net, mean, std).eval(), example_input=pixels[:2],
+                                 input=[(ov.PartialShape([-1, *pixels.shape[1:]]), ov.Type.u8)])
+    core, hint = ov.Core(), {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+    latency = core.compile_model(model, "CPU", {**hint, "PERFORMANCE_HINT": "LATENCY"})
+    throughput = core.compile_model(model, "CPU", {**hint, "PERFORMANCE_HINT": "THROUGHPUT"})
+    setup = time.perf_counter() - t0
+    arr = pixels.numpy()
+    request = latency.create_infer_request()
+
+    def sync(bs=64):
+        return torch.cat([torch.from_numpy(np.array(request.infer([arr[i:i + bs]])[0]))
+                          for i in range(0, len(arr), bs)])
+
+    def queued(bs=16):
+        queue, out = ov.AsyncInferQueue(throughput), {}
+        queue.set_callback(lambda req, i: out.__setitem__(i, np.array(req.get_output_tensor(0).data)))
+        for i in range(0, len(arr), bs):
+            queue.start_async([arr[i:i + bs]], i)
+        queue.wait_all()
+        return torch.cat([torch.from_numpy(out[i]) for i in sorted(out)])
+
+    return {"raw openvino sync": sync, "raw openvino async": queued}, setup
 
 
 def flops_per_image(net, size) -> float:
@@ -108,6 +159,7 @@ def main():
                     help="let torch.compile reuse inductor's on-disk cache (default: a fresh one, so the "
                          "compile time shown is what a first run pays)")
     ap.add_argument("--quick", action="store_true", help="64 images, 1 repeat (smoke test)")
+    ap.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows")
     B.add_threads_option(ap)
     args = ap.parse_args()
     if args.quick:
@@ -127,17 +179,36 @@ def main():
 
     paths = {"naive": ("timm eager fp32 NCHW, no_grad, batch 32", lambda: naive_features(naive, pixels, mean, std))}
     setup = {"naive": 0.0}
+    engines = {"compiled": "torch", "eager": "torch", "compiled fp32": "torch", "eager fp32": "torch",
+               "openvino": "openvino"}
 
     def add(name, prec, compile_):
+        engine = engines[name]
         t0 = time.perf_counter()
-        ext = feature_extractor(model, precision=prec, device=cpu, n_images=len(pixels), compile=compile_)
-        ext(pixels[:ext.batch_size])  # builds the copy, checks the fold, compiles (once)
+        with use_engine(engine):
+            ext = feature_extractor(model, precision=prec, device=cpu, n_images=len(pixels), compile=compile_)
+            ext(pixels[:ext.batch_size])  # builds the copy, checks the fold / converts, compiles (once)
         setup[name] = time.perf_counter() - t0
-        paths[name] = (f"headstart compute_features: {ext.describe}",
-                       lambda: compute_features(model, pixels, precision=prec, device=cpu, compile=compile_))
+
+        def run():
+            with use_engine(engine):
+                return compute_features(model, pixels, precision=prec, device=cpu, compile=compile_)
+        paths[name] = (f"headstart compute_features: {ext.describe}", run)
+
+    ov_ok = openvino() is not None and not args.no_openvino
+    if ov_ok:
+        os.environ["HEADSTART_CACHE"] = tempfile.mkdtemp(prefix="headstart-bench-cache-")  # a cold conversion
+        raw_net = timm.create_model(B.ARCH, num_classes=0)
+        raw_net.load_state_dict(bb.module.state_dict())
+        raw, raw_setup = raw_openvino(raw_net.eval(), mean, std, pixels, bf16=precision == "bf16" and cpu_has_bf16())
+        for name, fn in raw.items():
+            paths[name] = (f"{name.split()[-1]}: OpenVINO by hand on the naive graph", fn)
+            setup[name] = raw_setup
 
     # The extractor is cached per model and settings: build each right before its first timing.
     variants = [("compiled", precision, "always"), ("eager", precision, "never")]
+    if ov_ok:
+        variants.append(("openvino", precision, "never"))
     if args.more:
         if precision == "bf16":
             variants += [("compiled fp32", "fp32", "always"), ("eager fp32", "fp32", "never")]
@@ -147,12 +218,16 @@ def main():
         paths["autocast"] = ("previous path: bf16 autocast, channels_last, unfolded, batch 64",
                              lambda: autocast_features(ac, pixels, mean, std))
         setup["autocast"] = 0.0
-    names_in_order = ["naive"] + [v[0] for v in variants] + (["autocast"] if args.more else [])
+    names_in_order = (["naive"] + [v[0] for v in variants] + (["autocast"] if args.more else [])
+                      + ([n for n in paths if n.startswith("raw openvino")] if ov_ok else []))
     times = {name: [] for name in names_in_order}
     feats = {}
     naive_features(naive, pixels[:32], mean, std)  # warm-up
     if args.more:
         autocast_features(ac, pixels[:64], mean, std)
+    for name in names_in_order:
+        if name.startswith("raw openvino"):
+            paths[name][1]()  # warm-up
     for r in range(args.repeats):
         for name in names_in_order:
             if r == 0 and name not in paths:
@@ -186,6 +261,12 @@ def main():
     ips = args.images / B.median(times[fast])
     print(f"RATIO extract_fraction_of_fp32_peak: {ips * flops / peak_flops:.3f}")
     print(f"RATIO extract_fast_vs_naive: {base / B.median(times[fast]):.2f}x")
+    if ov_ok:
+        best_raw = min(B.median(times[n]) for n in names_in_order if n.startswith("raw openvino"))
+        ours = B.median(times["openvino"])
+        print(f"RATIO extract_openvino_vs_naive: {base / ours:.2f}x")
+        print(f"RATIO extract_openvino_vs_raw_openvino: {best_raw / ours:.3f} (goal >= 0.95)")
+        print(f"RATIO extract_openvino_vs_torch_eager: {B.median(times['eager']) / ours:.2f}x")
 
 
 if __name__ == "__main__":

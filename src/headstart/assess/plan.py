@@ -13,6 +13,8 @@ The planner turns that into a strategy (rules documented in :func:`make_plan`).
 """
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,9 +30,11 @@ from headstart.encoders.chain import sequential_chain, stage_chain_ends
 from headstart.encoders.model import TransferModel
 from headstart.errors import HeadstartError
 from headstart.features.cache import feature_key, pixels_sha256
-from headstart.features.fastpath import cast_for_cpu, folded_copy
+from headstart.features.engine import OpenVinoGraph, engine_label, resolve_engine
+from headstart.features.fastpath import OPENVINO_MIN_COSINE, cast_for_cpu, folded_copy
 from headstart.storage import atomic_path, cache_dir
 
+log = logging.getLogger("headstart")
 REFERENCE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "cat", "camera", "coins", "moon", "brick",
                     "grass", "gravel", "hubble_deep_field")
 
@@ -60,7 +64,9 @@ def stage_features(model, stages, pixels: torch.Tensor, *, precision: str, devic
 
     On a CPU this runs the inference fast path of :class:`headstart.features.fastpath.FeatureExtractor` on a
     private copy: BatchNorm folded (checked against the original on the first images), bf16 weights
-    when ``precision="bf16"``, channels_last.
+    when ``precision="bf16"``, channels_last; or, where the engine is OpenVINO (see
+    :func:`headstart.features.engine.resolve_engine`), one OpenVINO graph with an output per stage,
+    checked against fp32 torch on the first images like the extractor's.
     """
     chain = sequential_chain(model.backbone)
     if chain is None:
@@ -70,11 +76,60 @@ def stage_features(model, stages, pixels: torch.Tensor, *, precision: str, devic
     was_training = model.training
     model.eval()  # before any forward: BatchNorm in train mode would update its running statistics
     try:
+        if resolve_engine(None, modality="image", device=torch.device(device), n_images=len(pixels)) == "openvino":
+            feats = _openvino_stages(model, chain, ends, pixels, precision, batch_size)
+            if feats is not None:
+                return feats
         modules, dtype, channels_last, autocast = _fast_chain(model, chain, pixels[:2], precision, device)
         return _run_chain(model, modules, ends, pixels, dtype=dtype, channels_last=channels_last,
                           autocast=autocast, device=device, batch_size=batch_size)
     finally:
         model.train(was_training)
+
+
+class _StageGraph(torch.nn.Module):
+    """uint8 pixels → the spatially pooled output of each stage (a tuple), for OpenVINO to compile."""
+
+    def __init__(self, model, chain, ends):
+        super().__init__()
+        backbone = copy.deepcopy(model.backbone).eval()
+        self.chain = torch.nn.ModuleList(backbone.get_submodule(name) for name, _ in chain)
+        self.ends = list(ends)
+        self.register_buffer("mean", model.mean.detach().clone().float())
+        self.register_buffer("std", model.std.detach().clone().float())
+
+    def forward(self, x):
+        x = (x.float() / 255.0 - self.mean) / self.std
+        outs = {}
+        for j, m in enumerate(self.chain):
+            x = m(x)
+            if j in self.ends:
+                outs[j] = x.mean((2, 3)) if x.dim() == 4 else x
+        return tuple(outs[e] for e in self.ends)
+
+
+def _openvino_stages(model, chain, ends, pixels, precision, batch_size) -> list[np.ndarray] | None:
+    """Every stage's pooled features from one OpenVINO graph, or None (logged) when it fails or disagrees."""
+    graph_module = _StageGraph(model, chain, ends).eval()
+    probe = pixels[:4].cpu()
+    try:
+        graph = OpenVinoGraph(graph_module, probe, precision)
+        got = graph(probe)
+    except Exception as exc:  # an op OpenVINO cannot convert: the torch path is always correct
+        log.warning("OpenVINO could not run the stage profile (%s); using torch", type(exc).__name__)
+        return None
+    with torch.inference_mode():
+        ref = graph_module(probe)
+    cos = min(float(torch.nn.functional.cosine_similarity(torch.from_numpy(g), r.float(), dim=1).min())
+              for g, r in zip(got, ref))
+    if not cos >= OPENVINO_MIN_COSINE:
+        log.warning("OpenVINO's stage features disagreed with fp32 torch (min cosine %.4f); using torch", cos)
+        return None
+    out: list[list[np.ndarray]] = [[] for _ in ends]
+    for i in range(0, len(pixels), batch_size):
+        for s, arr in enumerate(graph(pixels[i:i + batch_size])):
+            out[s].append(arr)
+    return [np.concatenate(o) for o in out]
 
 
 def _run_chain(model, modules, ends, pixels, *, dtype, channels_last, autocast, device, batch_size):
@@ -117,9 +172,10 @@ def cached_stage_features(model, stages, pixels: torch.Tensor, *, preprocess, pr
     weights, preprocessing, the stage list, precision and the pixels' hash), so ``plan`` followed by
     ``train --strategy auto`` or a second ``plan`` -- and the fixed reference photos, every time --
     pay for the pass once."""
+    engine = resolve_engine(None, modality="image", device=torch.device(device), n_images=len(pixels))
     key = feature_key(weights_sha256=weights_sha256 or tensors_sha256(model.backbone.state_dict()),
                       preprocess=preprocess, layer="stages:" + "|".join(st.name for st in stages),
-                      precision=precision, data_sha256=pixels_sha256(pixels))
+                      precision=precision, data_sha256=pixels_sha256(pixels), engine=engine_label(engine, precision))
     path = cache_dir("features") / f"{key}.npz"
     if path.is_file():
         try:

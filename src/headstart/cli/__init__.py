@@ -137,6 +137,8 @@ def predict(
     text_column: Optional[str] = typer.Option(None, help="Column with the texts in --input (default: the training one)."),
     path_column: str = typer.Option("path", help="CSV column with image paths in --input."),
     top: int = typer.Option(0, help="Only the top-N class probabilities (0 = all)."),
+    engine: Optional[str] = typer.Option(None, help="Inference engine for image runs: auto, torch or openvino "
+                                         "(default: the run's own setting, auto unless it was trained with another)."),
 ):
     """One prediction per input (label and class probabilities), as JSON lines or into --output."""
     from headstart.errors import DataError
@@ -144,7 +146,7 @@ def predict(
 
     if not inputs and not input_file:
         raise DataError("Nothing to predict: pass inputs after the run directory, or --input FILE.")
-    clf = load(run)
+    clf = _with_engine(load(run), engine)
     if clf.modality_.name == "text":
         rows, failed = _predict_texts(clf, inputs, input_file, text_column)
     else:
@@ -155,6 +157,14 @@ def predict(
     render.write_predictions(rows, output)
     if failed:
         raise typer.Exit(1)
+
+
+def _with_engine(clf, engine: str | None):
+    """The loaded run, predicting on ``engine`` when one is given (validated by the config)."""
+    if engine is not None:
+        clf.set_params(engine=engine)
+        clf.resolved_config()  # a bad value fails here, naming the choices
+    return clf
 
 
 def _predict_texts(clf, inputs, input_file, text_column) -> tuple[list[dict], int]:
@@ -210,11 +220,13 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run directory written by `headstart train`."),
     data: str = typer.Argument(..., help="Labelled test data: class folders or a CSV."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    engine: Optional[str] = typer.Option(None, help="Inference engine for image runs: auto, torch or openvino "
+                                         "(default: the run's own setting, auto unless it was trained with another)."),
 ):
     """Accuracy, per-class precision/recall/F1 and the confusion matrix on labelled test data."""
     from headstart.estimator import load
 
-    clf = load(run)
+    clf = _with_engine(load(run), engine)
     report = clf.evaluate(data)
     if as_json:
         print(json.dumps(report, indent=2))

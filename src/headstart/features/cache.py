@@ -21,6 +21,7 @@ from headstart.data.images import iter_decoded
 from headstart.data.preprocess import PreprocessConfig
 from headstart.device import chunks
 from headstart.encoders.base import tensors_sha256
+from headstart.features.engine import engine_label, resolve_engine
 from headstart.features.fastpath import feature_extractor
 from headstart.storage import atomic_path, cache_dir
 
@@ -35,10 +36,17 @@ def pixels_sha256(pixels: torch.Tensor) -> str:
 
 
 def feature_key(*, weights_sha256: str, preprocess: PreprocessConfig, layer: str, precision: str,
-                data_sha256: str) -> str:
+                data_sha256: str, engine: str = "torch") -> str:
+    """``engine`` is :func:`headstart.features.engine.engine_label` (torch and OpenVINO features differ
+    by rounding, so they never share an entry)."""
     parts = {"weights": weights_sha256, "preprocess": preprocess.to_dict(), "layer": layer,
-             "precision": precision, "data": data_sha256, "version": 1}
+             "precision": precision, "data": data_sha256, "engine": engine, "version": 2}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def feature_engine(model, n_images: int, *, precision: str, device: torch.device) -> str:
+    """The engine label (``openvino-f32``, ``torch-bf16``...) extracting ``n_images`` features of ``model`` uses."""
+    return engine_label(resolve_engine(None, modality=model.modality, device=device, n_images=n_images), precision)
 
 
 def compute_features(model, pixels: torch.Tensor, *, precision: str, device: torch.device,
@@ -72,7 +80,8 @@ def cached_features(model, pixels: torch.Tensor, *, preprocess: PreprocessConfig
         return compute_features(model, pixels, precision=precision, device=device, batch_size=batch_size), False
     key = feature_key(weights_sha256=weights_sha256 or tensors_sha256(model.backbone.state_dict()),
                       preprocess=preprocess, layer=layer, precision=precision,
-                      data_sha256=data_sha256 or pixels_sha256(pixels))
+                      data_sha256=data_sha256 or pixels_sha256(pixels),
+                      engine=feature_engine(model, len(pixels), precision=precision, device=device))
     path = cache_dir("features") / f"{key}.npy"
     if path.is_file():
         try:
@@ -129,7 +138,8 @@ def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, 
     """
 
     key = feature_key(weights_sha256=tensors_sha256(model.backbone.state_dict()), preprocess=preprocess,
-                      layer="pooled", precision=precision, data_sha256=examples_sha256(ex))
+                      layer="pooled", precision=precision, data_sha256=examples_sha256(ex),
+                      engine=feature_engine(model, len(ex), precision=precision, device=device))
     root = cache_dir("features")
     path, index_path = root / f"{key}.stream.npy", root / f"{key}.index.npy"
     if use_cache and path.is_file() and index_path.is_file():

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from headstart.device import inference_context, to_fast_layout
+from headstart.features.engine import OpenVinoGraph, resolve_engine
 
 log = logging.getLogger("headstart")
 
@@ -55,6 +56,13 @@ def maybe_compile(fn, n_images: int, mode: str = "auto"):
         return torch.compile(fn, dynamic=False)
     except Exception:  # no compiler toolchain: eager is always correct
         return fn
+
+
+# OpenVINO runs one synchronous request per call; on 2 cores batches of 8-256 ran within noise of
+# each other (and of a 2-stream asynchronous queue), 64 a little ahead (bench_extract.py).
+OPENVINO_BATCH = 64
+OPENVINO_CHECK_IMAGES = 4  # the first images of the first call, checked against fp32 torch
+OPENVINO_MIN_COSINE = 0.99  # bf16 rounding stays above 0.995 on real photos; a wrong graph falls far below
 
 
 # ------------------------------------------------------------------ prepared feature extractor
@@ -158,13 +166,29 @@ class FeatureExtractor:
     Elsewhere (GPUs) it is the model's own ``features`` under channels_last + autocast.
     ``describe`` says which path ran. The features agree with fp32 eager to cosine >= 0.999 on real
     photos in bf16 and to float rounding in fp32 (tests/test_fast_features.py).
+
+    ``engine="openvino"`` (image backbones on the CPU) runs the same uint8-in graph, unfolded, compiled
+    by OpenVINO (:class:`headstart.features.engine.OpenVinoGraph`) on the first call, at ``precision``
+    where the CPU has it. Its features on the first images are checked against the fp32 torch backbone
+    (min cosine ``OPENVINO_MIN_COSINE``); a failed check or conversion falls back to the torch path, and
+    ``describe`` says so.
     """
 
-    def __init__(self, model, *, precision: str, device: torch.device, compile: bool = False):
+    def __init__(self, model, *, precision: str, device: torch.device, compile: bool = False,
+                 engine: str = "torch"):
         self.model, self.precision, self.device = model, precision, torch.device(device)
         self.batch_size = cpu_infer_batch()
         self.autocast = precision == "bf16"
         self.compiled = False
+        self.engine, self._graph = engine, None
+        if engine == "openvino":
+            # Built on the first call, from its images (the input size is known then).
+            self.batch_size, self._compile, self._checked = OPENVINO_BATCH, compile, True
+            self.parts = ["OpenVINO (not built yet)"]
+            return
+        self._torch_path(model, precision, compile)
+
+    def _torch_path(self, model, precision: str, compile: bool) -> None:
         # Text encoders take token ids (nothing to fold or cast, and shapes vary with text length, which
         # would make a compiled graph recompile): like GPUs, they run the model's own forward.
         plain = self.device.type != "cpu" or model.modality != "image"
@@ -194,10 +218,21 @@ class FeatureExtractor:
 
     @property
     def describe(self) -> str:
+        if self.engine == "openvino":
+            return ", ".join(self.parts)
         return ", ".join(self.parts + (["torch.compile (inductor, freezing)"] if self.compiled else ["eager"]))
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, S, S) → float32 (N, D) on the CPU."""
+        if self.engine == "openvino" and pixels.dtype != torch.uint8:
+            self._openvino_failed(f"the OpenVINO graph takes uint8 pixels, got {pixels.dtype}")
+        if self.engine == "openvino" and len(pixels):
+            if self._graph is None or self._graph_size != tuple(pixels.shape[1:]):
+                self._build_openvino(pixels)
+            if self.engine == "openvino":
+                run = self._graph
+                return torch.cat([torch.from_numpy(run(pixels[i:i + self.batch_size])[0])
+                                  for i in range(0, len(pixels), self.batch_size)])
         outs = []
         if not self._checked:
             with torch.inference_mode():
@@ -206,6 +241,35 @@ class FeatureExtractor:
             for i in range(0, len(pixels), self.batch_size):
                 outs.append(self._run(pixels[i:i + self.batch_size]))
         return torch.cat(outs) if outs else torch.empty(0, 0)
+
+    def _build_openvino(self, pixels: torch.Tensor) -> None:
+        """Convert + compile on these images' size, check against fp32 torch; on any failure use torch."""
+        model = self.model
+        backbone = copy.deepcopy(model.backbone).eval()  # OpenVINO folds BatchNorm and picks layouts itself
+        module = _Prepared(backbone, model.mean, model.std, torch.float32, False).eval()
+        probe = pixels[:OPENVINO_CHECK_IMAGES].cpu()
+        try:
+            graph = OpenVinoGraph(module, probe, self.precision)
+            got = torch.from_numpy(graph(probe)[0])
+        except Exception as exc:  # an op OpenVINO cannot convert, a plugin error: torch is always correct
+            return self._openvino_failed(f"OpenVINO could not run this backbone ({type(exc).__name__}: "
+                                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''})")
+        with torch.inference_mode():
+            ref = module(probe).float()
+        cos = float(torch.nn.functional.cosine_similarity(got, ref, dim=1).min())
+        if not cos >= OPENVINO_MIN_COSINE:  # also catches NaN
+            return self._openvino_failed(f"OpenVINO's features disagreed with fp32 torch (min cosine {cos:.4f})")
+        self._graph, self._graph_size = graph, tuple(pixels.shape[1:])
+        self.parts = [graph.describe, "uint8 in, normalisation and BatchNorm folded in the graph",
+                      f"batch {self.batch_size}", f"checked vs fp32 torch: min cosine {cos:.4f}",
+                      "converted graph from the cache" if graph.cached else "converted now"]
+
+    def _openvino_failed(self, why: str) -> None:
+        log.warning("%s; extracting features with the torch fast path", why)
+        self.engine, self._graph = "torch", None
+        self.batch_size = cpu_infer_batch()
+        self._torch_path(self.model, self.precision, self._compile)
+        self.parts.insert(0, f"torch ({why})")
 
     def _run(self, xb: torch.Tensor) -> torch.Tensor:
         xb = xb.to(self.device, non_blocking=True)
@@ -248,14 +312,18 @@ _EXTRACTORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model 
 
 
 def feature_extractor(model, *, precision: str, device: torch.device, n_images: int,
-                      compile: str = "auto") -> FeatureExtractor:
+                      compile: str = "auto", engine: str | None = None) -> FeatureExtractor:
     """The :class:`FeatureExtractor` for ``model`` now, reused while its weights are unchanged.
 
     ``compile``: "auto" compiles for ``n_images >= COMPILE_MIN_IMAGES``; "always" / "never" force it;
-    the ``HEADSTART_COMPILE`` environment variable overrides all three.
+    the ``HEADSTART_COMPILE`` environment variable overrides all three (torch engine only).
+    ``engine``: see :func:`headstart.features.engine.resolve_engine` (None: the block's or the
+    environment's choice, else auto: OpenVINO for image backbones on the CPU from
+    ``OPENVINO_MIN_IMAGES`` images on, when it is installed).
     """
     want = compile_mode(n_images, compile)
-    settings = (precision, str(torch.device(device)), want)
+    engine = resolve_engine(engine, modality=model.modality, device=torch.device(device), n_images=n_images)
+    settings = (precision, str(torch.device(device)), want, engine)
     fingerprint = _fingerprint(model.backbone)  # the head does not change the features
     entries = _EXTRACTORS.setdefault(model, {})
     hit = entries.get(settings)
@@ -263,6 +331,6 @@ def feature_extractor(model, *, precision: str, device: torch.device, n_images: 
         return hit[1]
     for key in [k for k, (f, _) in entries.items() if f != fingerprint]:
         del entries[key]  # stale weights: free the copy
-    extractor = FeatureExtractor(model, precision=precision, device=device, compile=want)
+    extractor = FeatureExtractor(model, precision=precision, device=device, compile=want, engine=engine)
     entries[settings] = (fingerprint, extractor)
     return extractor

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from headstart.config import ENGINES
 from headstart.errors import HeadstartError, check_choice
 
-ENGINES = ("auto", "torch", "openvino")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 

@@ -26,7 +26,7 @@ from headstart.device import resolve_precision, to_fast_layout
 from headstart.encoders.base import Backbone, tensors_sha256
 from headstart.encoders.model import TransferModel
 from headstart.errors import HeadstartError
-from headstart.features.cache import cached_features, pixels_sha256
+from headstart.features.cache import cached_features, feature_engine, pixels_sha256
 from headstart.features.prefix import prefix_outputs, split_for_prefix_cache
 from headstart.train.callbacks import (
     Callback,
@@ -184,7 +184,8 @@ def _head_on_features(model, backbone, data, cfg, phase, state: FitState, precis
                 feats[split], _ = cached_features(model, x, preprocess=backbone.preprocess, precision=precision,
                                                   device=device, use_cache=cfg.use_feature_cache,
                                                   weights_sha256=weights, data_sha256=known or None)
-    info = {"features_seconds": round(time.perf_counter() - t0, 2)}
+    info = {"features_seconds": round(time.perf_counter() - t0, 2),
+            "features_engine": feature_engine(model, len(data.x_train), precision=precision, device=device)}
     # Head-only epochs are cheap: a larger global batch (>= 128 over all processes), and enough epochs
     # for the head to converge.
     batch_size = max(cfg.batch_size, math.ceil(128 / state.accel.num_processes))
