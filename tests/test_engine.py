@@ -54,6 +54,8 @@ def test_the_block_then_the_environment_decide_where_the_caller_says_auto(monkey
     with E.use_engine("openvino"):
         assert E.resolve_engine(None, modality="image", device=CPU, n_images=1) == "openvino"
         assert E.resolve_engine("torch", modality="image", device=CPU, n_images=1) == "torch"  # the caller wins
+        with E.use_engine("auto"):  # a run left at auto keeps the enclosing choice (e.g. a CLI --engine)
+            assert E.resolve_engine(None, modality="image", device=CPU, n_images=1) == "openvino"
     monkeypatch.setenv("HEADSTART_ENGINE", "onnx")
     with pytest.raises(HeadstartError, match="HEADSTART_ENGINE must be one of"):
         E.resolve_engine(None, modality="image", device=CPU, n_images=1)

@@ -59,6 +59,8 @@ def test_demo_command_runs_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "linear-probe" in p.stdout and "two-stage" in p.stdout
     assert (tmp_path / "two-stage" / "headstart.json").is_file()
+    html = (tmp_path / "two-stage" / "report.html").read_text()  # the demo writes a report per run
+    assert 'id="calibration"' in html and html.count('src="data:image/png;base64,') >= 12
 
 
 @pytest.fixture(scope="module")

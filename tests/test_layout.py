@@ -20,11 +20,13 @@ LAYERS = [
     ("headstart.modalities",),  # what differs between images and texts, their baselines included
     ("headstart.assess",),  # metrics, transferability, rank, plan
     ("headstart.io",),  # the saved run
+    ("headstart.track",),  # experiment tracking callbacks (TensorBoard, MLflow)
     ("headstart.distill",),  # teacher -> student: the transfer set, the KD objective, the report
     ("headstart.estimator", "headstart.text"),  # TransferClassifier, load
     ("headstart.discover",),  # unsupervised transfer: group an unlabelled pool (may read a run's backbone)
     ("headstart.export",),  # a run as ONNX / OpenVINO IR, gated on parity with the PyTorch model
     ("headstart.serve",),  # the HTTP server and its web page
+    ("headstart.report",),  # the HTML report of a run
     ("headstart.cli",),  # the command line, renderers, demo
 ]
 

@@ -11,6 +11,7 @@ STRATEGIES = ("linear-probe", "partial", "full", "two-stage", "auto")  # auto: m
 PRECISIONS = ("auto", "bf16", "fp32")
 ENGINES = ("auto", "torch", "openvino")  # inference engines of frozen-backbone features (features/engine.py)
 SCHEDULES = ("cosine", "onecycle")
+TRACKERS = ("tensorboard", "mlflow")  # experiment tracking of a fit (headstart/track)
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
 
 
@@ -67,12 +68,23 @@ class TrainConfig:
                 "regression), and warn when transfer did not help"})
     baseline_seconds: float | None = field(default=None, metadata={
         "help": "wall-time budget of the from-scratch model; None = the transfer model's training time"})
+    track: str | None = field(default=None, metadata={
+        "help": f"log the fit to one of {TRACKERS}: options, per-epoch metrics, final metrics and baselines, "
+                "the run folder (pip install 'headstart[track]')"})
+    track_uri: str | None = field(default=None, metadata={
+        "help": "where --track logs: a TensorBoard log directory (default RUN/tensorboard) or an MLflow tracking "
+                "URI (default $MLFLOW_TRACKING_URI, else MLflow's local default)"})
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("engine", self.engine, ENGINES)
         check_choice("schedule", self.schedule, SCHEDULES)
+        if self.track is not None:
+            check_choice("track", self.track, TRACKERS)
+        if self.track_uri is not None and self.track is None:
+            raise HeadstartError(f"track_uri={self.track_uri!r} was given without track: add --track tensorboard "
+                                 "or --track mlflow.")
         _positive("epochs", self.epochs, allow_zero=True)
         _positive("head_epochs", self.head_epochs, allow_zero=True)
         _positive("batch_size", self.batch_size)

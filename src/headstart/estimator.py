@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from headstart.assess.calibration import apply_temperature
 from headstart.assess.metrics import classification_metrics
 from headstart.assess.plan import plan_for_data
 from headstart.config import TrainConfig
@@ -35,6 +36,7 @@ from headstart.encoders.cut import truncate_backbone
 from headstart.encoders.model import TransferModel
 from headstart.errors import DataError, HeadstartError, did_you_mean
 from headstart.features.engine import use_engine
+from headstart.io.predictions import predictions
 from headstart.io.run import CHECKPOINT, Run, prepare_out, run_paths, save_run
 from headstart.modalities import (
     Columns,
@@ -163,21 +165,43 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
         main = accel.is_main_process
         baselines = modality.baselines(self.model_, backbone, cfg) if cfg.baselines and main else None
-        self.history_ = fit(self.model_, backbone, data, cfg, accelerator=accel, augment=modality.augmentation(cfg),
-                            metrics_path=metrics_path, progress=progress, checkpoint_path=checkpoint_path,
-                            resume=ckpt)
-        self.data_info_ = {"origin": labelled.origin, "n_train": len(data.x_train),
-                           "n_val": 0 if data.x_val is None else len(data.x_val), "n_skipped": len(skipped),
-                           "skipped": skipped[:50], **modality.data_info(backbone, train_ex)}
-        self.fit_seconds_ = round(time.perf_counter() - t0, 2)
-        # What transfer bought: the linear probe and a no-pretraining model, on the same split.
-        self.baselines_ = baselines.run(self, data, train_ex, val_ex) if baselines is not None else None
-        self.run_ = None
-        if out is not None and main:  # one writer when several processes train
-            self.save(out)
-            checkpoint_path.unlink(missing_ok=True)  # the finished run supersedes it
-            self.run_ = Run.open(out)
+        tracker = self._open_tracker(cfg, out, labelled, data) if cfg.track and main else None
+        self.tracking_ = tracker.info() if tracker is not None else None
+        try:
+            self.history_ = fit(self.model_, backbone, data, cfg, accelerator=accel,
+                                augment=modality.augmentation(cfg), callbacks=[tracker] if tracker else (),
+                                metrics_path=metrics_path, progress=progress, checkpoint_path=checkpoint_path,
+                                resume=ckpt)
+            self.data_info_ = {"origin": labelled.origin, "n_train": len(data.x_train),
+                               "n_val": 0 if data.x_val is None else len(data.x_val), "n_skipped": len(skipped),
+                               "skipped": skipped[:50], **modality.data_info(backbone, train_ex)}
+            self.fit_seconds_ = round(time.perf_counter() - t0, 2)
+            # What transfer bought: the linear probe and a no-pretraining model, on the same split.
+            self.baselines_ = baselines.run(self, data, train_ex, val_ex) if baselines is not None else None
+            self.run_ = None
+            if out is not None and main:  # one writer when several processes train
+                self.save(out)
+                checkpoint_path.unlink(missing_ok=True)  # the finished run supersedes it
+                self.run_ = Run.open(out)
+                self.meta_ = self.run_.meta
+                if val_ex is not None and len(val_ex):  # what `headstart report` and calibration read
+                    predictions(self, val_ex, name="validation", run_dir=Path(out))
+        except BaseException:  # Ctrl-C included: the tracked run says it failed instead of running forever
+            if tracker is not None:
+                tracker.fail()
+            raise
+        if tracker is not None:
+            tracker.finish(self, Path(out) if out is not None else None)
         return self
+
+    def _open_tracker(self, cfg: TrainConfig, out, labelled, data):
+        from headstart.track import open_tracker
+
+        params = {**cfg.to_dict(), "backbone": self.backbone, "classes": len(self.classes_),
+                  "data": str(labelled.origin), "n_train": len(data.x_train),
+                  "n_val": 0 if data.x_val is None else len(data.x_val)}
+        name = Path(out).name if out is not None else f"{self.backbone}-{cfg.strategy}"
+        return open_tracker(cfg, run_dir=out, name=name, params=params)
 
     def _split(self, labelled, validation, cfg: TrainConfig):
         if validation is not None:
@@ -291,15 +315,22 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return student
 
     # ------------------------------------------------------------------ inference
-    def predict_examples(self, examples, batch_size: int = 64) -> Prediction:
-        """Probabilities for already-read examples (``modality.read``), with what could not be read."""
+    def predict_examples(self, examples, batch_size: int = 64, *, raw: bool = False) -> Prediction:
+        """Probabilities for already-read examples (``modality.read``), with what could not be read.
+
+        A run calibrated by ``headstart report --calibrate`` scales them by its temperature
+        (``calibration_["temperature"]``); ``raw=True`` skips that."""
         self._check_fitted()
         model = self.model_.eval()
         cfg = self.resolved_config()
         precision = resolve_precision(cfg.precision, next(model.parameters()).device)
         with use_engine(cfg.engine):
-            return self.modality_.predict(model, self.tokenizer_, self.preprocess_, examples, precision=precision,
+            pred = self.modality_.predict(model, self.tokenizer_, self.preprocess_, examples, precision=precision,
                                           batch_size=batch_size)
+        temperature = (getattr(self, "calibration_", None) or {}).get("temperature")
+        if temperature and not raw and len(pred.probs):
+            pred = dataclasses.replace(pred, probs=apply_temperature(pred.probs, float(temperature)))
+        return pred
 
     def predict_proba(self, X, batch_size: int = 64) -> np.ndarray:
         """Class probabilities, shape (n_inputs, n_classes), columns in ``classes_`` order."""
@@ -364,6 +395,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "data": self.data_info_,
             "baselines": self.baselines_,
             "distillation": getattr(self, "distillation_", None),
+            "calibration": getattr(self, "calibration_", None),
+            "tracking": getattr(self, "tracking_", None),
         }
 
     def final_metrics_(self) -> dict[str, Any]:
@@ -443,6 +476,8 @@ def load(directory: str | Path) -> TransferClassifier:
     clf.history_, clf.plan_, clf.profile_ = None, None, None
     clf.data_info_, clf.baselines_ = run.meta.get("data"), run.meta.get("baselines")
     clf.distillation_ = run.meta.get("distillation")
+    clf.calibration_ = run.meta.get("calibration")
+    clf.tracking_ = run.meta.get("tracking")
     clf.run_ = run
     clf.meta_ = run.meta
     return clf

@@ -62,6 +62,8 @@ def train(
                                              help="Let file: backbones unpickle arbitrary objects. Only for files you trust."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     resume: bool = typer.Option(False, "--resume", help="Continue this --out run from its last checkpoint."),
+    report: bool = typer.Option(False, "--report", help="After the fit, write RUN/report.html from the validation "
+                                "split (`headstart report RUN TEST` adds a test set)."),
     config: TrainConfig = None,
 ):
     """Fine-tune a pretrained backbone on labelled images or texts and save the run.
@@ -70,7 +72,8 @@ def train(
     """
     args = {"data": data, "out": str(out), "backbone": backbone, "val": val, "path_column": path_column,
             "label_column": label_column, "text_column": text_column, "pooling": pooling, "max_length": max_length,
-            "pretrained": pretrained, "allow_unsafe_pickle": allow_unsafe_pickle, "config": config.to_dict()}
+            "pretrained": pretrained, "allow_unsafe_pickle": allow_unsafe_pickle, "report": report,
+            "config": config.to_dict()}
     _run_train(args, resume=resume, quiet=quiet)
 
 
@@ -122,8 +125,19 @@ def _run_train(args: dict, resume: bool, quiet: bool) -> None:
     console = render.console()
     with _interruptible(out, console), EpochProgress(console, quiet) as progress:
         clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
-    if clf.run_ is not None:  # the main process saved the run; the others have nothing to report
-        render.print_fit_summary(console, clf.run_, clf.fit_seconds_)
+    if clf.run_ is None:  # the main process saved the run; the others have nothing to report
+        return
+    render.print_fit_summary(console, clf.run_, clf.fit_seconds_)
+    tracked = clf.run_.meta.get("tracking")
+    if tracked:
+        where = (f"tensorboard --logdir {tracked['logdir']}" if tracked["kind"] == "tensorboard" else
+                 f"MLflow run {tracked['run_id']} in experiment {tracked['experiment']!r} at {tracked['uri']}")
+        console.print(f"tracked: {where}", highlight=False, soft_wrap=True)
+    if args.get("report"):
+        from headstart.report import write_report
+
+        path, _ = write_report(out)
+        console.print(f"report: {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -220,6 +234,8 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run directory written by `headstart train`."),
     data: str = typer.Argument(..., help="Labelled test data: class folders or a CSV."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    report_html: Optional[Path] = typer.Option(None, "--report", help="Also write the HTML report of this "
+                                               "evaluation there (`headstart report`; same single prediction pass)."),
     engine: Optional[str] = typer.Option(None, help="Inference engine for image runs: auto, torch or openvino "
                                          "(default: the run's own setting, auto unless it was trained with another)."),
 ):
@@ -227,7 +243,16 @@ def evaluate(
     from headstart.estimator import load
 
     clf = _with_engine(load(run), engine)
-    report = clf.evaluate(data)
+    if report_html is not None:
+        from headstart.features.engine import use_engine
+        from headstart.report import write_report
+
+        with use_engine(clf.resolved_config().engine):
+            path, summary = write_report(run, data, out=report_html)
+        report = summary["metrics"]
+        render.console(stderr=True).print(f"report: {path}", highlight=False, soft_wrap=True)
+    else:
+        report = clf.evaluate(data)
     if as_json:
         print(json.dumps(report, indent=2))
         return
@@ -474,6 +499,31 @@ def serve(
     from headstart.serve import serve as run_server
 
     run_server(run, config, access_log=access_log)
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="A run directory written by `headstart train` or `headstart distill`."),
+    data: Optional[str] = typer.Argument(None, help="Labelled test data (class folders or a table); default: the "
+                                         "run's validation split, whose predictions the fit saved."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The HTML file (default RUN/report.html)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Store the temperature fitted on the validation split "
+                                   "in the run: its predictions (predict, evaluate, serve) use it from then on."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a line."),
+):
+    """One self-contained HTML page: summary, learning curves, confusion matrix, per-class scores, the most
+    confused pairs, top losses, calibration, baselines. One prediction pass per data set, cached in the run."""
+    from headstart.report import write_report
+
+    path, summary = write_report(run, data, out=out, calibrate=calibrate)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    ece = f", ECE {summary['ece']:.3f}" + (f" → {summary['ece_calibrated']:.3f} at T={summary['temperature']:.2f}"
+                                          if summary.get("temperature") else "")
+    render.console(stderr=False).print(f"report: {path} ({summary['evaluated_on']}, {summary['n']:,} examples, "
+                                       f"accuracy {summary['accuracy']:.4f}{ece})", highlight=False,
+                                       soft_wrap=True)
 
 
 @app.command()

@@ -34,12 +34,16 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
 
 
 class ImageGraph(nn.Module):
-    """uint8 (N, 3, S, S) or (N, S, S, 3) → (logits, probabilities), both float32 (N, classes)."""
+    """uint8 (N, 3, S, S) or (N, S, S, 3) → (logits, probabilities), both float32 (N, classes).
 
-    def __init__(self, model, layout: str = "nchw"):
+    ``temperature``: the run's calibration (``headstart report --calibrate``) divides the logits
+    before the softmax, so the probabilities match ``predict``; the logits are left as trained."""
+
+    def __init__(self, model, layout: str = "nchw", temperature: float = 1.0):
         super().__init__()
         self.backbone, self.head = _frozen_copy(model.backbone), _frozen_copy(model.head)
         self.layout = layout
+        self.temperature = float(temperature)
         self.register_buffer("mean", model.mean.detach().clone().float())
         self.register_buffer("std", model.std.detach().clone().float())
 
@@ -47,7 +51,7 @@ class ImageGraph(nn.Module):
         x = images.permute(0, 3, 1, 2) if self.layout == "nhwc" else images
         x = (x.float() / 255.0 - self.mean) / self.std
         logits = self.head(self.backbone(x))
-        return logits, torch.softmax(logits, dim=1)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
 
     def input_specs(self, size: int) -> list[TensorSpec]:
         shape = ("batch", 3, size, size) if self.layout == "nchw" else ("batch", size, size, 3)
@@ -61,13 +65,14 @@ class ImageGraph(nn.Module):
 class TextGraph(nn.Module):
     """int64 ``input_ids``, ``attention_mask`` (N, L) → (logits, probabilities), float32 (N, classes)."""
 
-    def __init__(self, model):
+    def __init__(self, model, temperature: float = 1.0):
         super().__init__()
         self.encoder, self.head = _frozen_copy(model.backbone), _frozen_copy(model.head)
+        self.temperature = float(temperature)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.head(self.encoder.forward_ids(input_ids, attention_mask).float())
-        return logits, torch.softmax(logits, dim=1)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
 
     def input_specs(self, size: int = 0) -> list[TensorSpec]:
         return [TensorSpec("input_ids", "int64", ("batch", "sequence")),
@@ -82,9 +87,16 @@ class TextGraph(nn.Module):
         return emb.num_embeddings
 
 
-def graph_for(model, layout: str = "nchw") -> ImageGraph | TextGraph:
+def graph_for(model, layout: str = "nchw", temperature: float = 1.0) -> ImageGraph | TextGraph:
     """The export wrapper of a TransferModel (its weights copied: the run's model is left as it was)."""
-    return TextGraph(model) if model.modality == "text" else ImageGraph(model, layout)
+    if model.modality == "text":
+        return TextGraph(model, temperature)
+    return ImageGraph(model, layout, temperature)
+
+
+def temperature_of(clf) -> float:
+    """The calibration temperature stored in a run (1.0 when it was never calibrated)."""
+    return float((getattr(clf, "calibration_", None) or {}).get("temperature") or 1.0)
 
 
 def output_specs(n_classes: int) -> list[TensorSpec]:

@@ -19,7 +19,7 @@ import torch
 
 from headstart.errors import HeadstartError
 from headstart.export.config import ExportConfig
-from headstart.export.graph import OUTPUTS, graph_for, output_specs
+from headstart.export.graph import OUTPUTS, graph_for, output_specs, temperature_of
 from headstart.export.parity import (
     ParityInputs,
     compare,
@@ -95,7 +95,7 @@ def export(run, out: str | Path, config: ExportConfig | None = None, *, data=Non
     clf._check_fitted()
     target = Target.of(out, config.format)
     inputs = parity_inputs(clf, data, config.parity_inputs)
-    graph = graph_for(clf.model_.cpu(), config.layout)
+    graph = graph_for(clf.model_.cpu(), config.layout, temperature_of(clf))
     size = getattr(clf.preprocess_, "input_size", 0)
     names = [s.name for s in graph.input_specs(size)]
     target.model.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,8 @@ def _props(clf, config: ExportConfig) -> dict[str, str]:
             "headstart.modality": clf.modality_.name,
             "headstart.preprocess": json.dumps(clf.preprocess_.to_dict()),
             "headstart.layout": config.layout if clf.modality_.name == "image" else "token_ids",
-            "headstart.backbone": str(clf.backbone_info_.get("spec"))}
+            "headstart.backbone": str(clf.backbone_info_.get("spec")),
+            "headstart.temperature": repr(temperature_of(clf))}
 
 
 def _report(clf, config: ExportConfig, target: Target, exporter: str, opset: int, inputs, parity: dict) -> dict:
@@ -182,6 +183,7 @@ def _report(clf, config: ExportConfig, target: Target, exporter: str, opset: int
         "opset": opset,
         "exporter": exporter,
         "parity": parity,
+        "temperature": temperature_of(clf),  # probabilities = softmax(logits / temperature)
         "run": str(run.path) if run is not None else None,
         "run_model_sha256": (run.meta.get("model_sha256") if run is not None else None),
         "metrics": (run.meta.get("metrics") if run is not None else None),

@@ -41,8 +41,11 @@ _ENGINE: contextvars.ContextVar[str] = contextvars.ContextVar("headstart_engine"
 
 @contextlib.contextmanager
 def use_engine(engine: str):
-    """Within the block, frozen-feature extraction uses ``engine`` (unless a caller names one)."""
-    check_engine(engine)
+    """Within the block, frozen-feature extraction uses ``engine`` (unless a caller names one); "auto"
+    leaves an enclosing block's choice in force."""
+    if check_engine(engine) == "auto":
+        yield
+        return
     token = _ENGINE.set(engine)
     try:
         yield

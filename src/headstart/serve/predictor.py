@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from headstart.assess.calibration import apply_temperature
 from headstart.device import resolve_precision
 from headstart.errors import HeadstartError
-from headstart.export.graph import ImageGraph
+from headstart.export.graph import ImageGraph, temperature_of
 from headstart.export.writers import OpenVinoRunner, cpu_has_bf16
 from headstart.features.fastpath import feature_extractor
 
@@ -61,6 +62,7 @@ class Predictor:
     def _torch(cls, clf, precision: str) -> "Predictor":
         p = resolve_precision(precision, "cpu")
         self = cls(clf, "torch", p)
+        temperature = temperature_of(clf)  # a calibrated run answers as `predict` does
         if clf.modality_.name == "image":
             extract = feature_extractor(clf.model_, precision=p, device=torch.device("cpu"), n_images=0,
                                         compile="never")
@@ -68,13 +70,14 @@ class Predictor:
 
             def run(pixels: torch.Tensor) -> np.ndarray:
                 with torch.inference_mode():
-                    return torch.softmax(clf.model_.head(extract(pixels)).float(), 1).numpy()
+                    return torch.softmax(clf.model_.head(extract(pixels)).float() / temperature, 1).numpy()
         else:
             from headstart.data.texts import TextExamples
 
             def run(texts: list[str]) -> np.ndarray:
-                return clf.modality_.predict(clf.model_, clf.tokenizer_, clf.preprocess_,
-                                             TextExamples(list(texts), None, "request"), precision=p).probs
+                probs = clf.modality_.predict(clf.model_, clf.tokenizer_, clf.preprocess_,
+                                              TextExamples(list(texts), None, "request"), precision=p).probs
+                return apply_temperature(probs, temperature) if temperature != 1.0 else probs
         self._run = run
         return self
 
@@ -87,7 +90,7 @@ class Predictor:
         # auto tries bf16 first where the CPU has it, then fp32: one conversion, compiled once per precision.
         hints = ["bf16", "f32"] if precision == "auto" and cpu_has_bf16() else ["bf16" if precision == "bf16" else "f32"]
         size = clf.preprocess_.input_size
-        graph = ImageGraph(clf.model_, "nchw").eval()
+        graph = ImageGraph(clf.model_, "nchw", temperature_of(clf)).eval()
         started = time.perf_counter()
         with warnings.catch_warnings():  # the converter traces with torch.jit and says it is deprecated
             warnings.simplefilter("ignore")
