@@ -112,7 +112,7 @@ def test_two_process_fit_ends_identical_on_both_ranks_and_writes_the_run_once(tm
     # The baselines run on the main process only (on LOCAL: rank 1 has long left when they run).
     assert infos[0]["baselines_ran"] and not infos[1]["baselines_ran"]
 
-    assert sorted(p.name for p in run_dir.iterdir()) == ["headstart.json", "metrics.jsonl", "model.safetensors"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["headstart.json", "metrics.jsonl", "model.safetensors", "predictions"]
     meta = json.loads((run_dir / "headstart.json").read_text())
     assert meta["baselines"] is not None
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
