@@ -124,21 +124,23 @@ def test_a_run_without_validation_needs_test_data(tmp_path):
         write_report(tmp_path / "run")
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "headstart.cli", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def test_cli_report_prints_the_path(image_run, tmp_path):
     run, test = image_run
     out = tmp_path / "cli.html"
-    r = subprocess.run([sys.executable, "-m", "headstart.cli", "report", str(run), str(test), "--out", str(out),
-                        "--json"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = _cli("report", str(run), str(test), "--out", str(out), "--json")
     assert json.loads(r.stdout)["report"] == str(out) and out.is_file()
 
 
 def test_cli_evaluate_writes_the_report_from_the_same_pass(image_run, tmp_path):
     run, test = image_run
     out = tmp_path / "eval.html"
-    r = subprocess.run([sys.executable, "-m", "headstart.cli", "evaluate", str(run), str(test), "--report", str(out),
-                        "--json"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    r = _cli("evaluate", str(run), str(test), "--report", str(out), "--json")
     assert f"report: {out}" in r.stderr and out.is_file()
     assert json.loads(r.stdout)["accuracy"] == load(run).evaluate(str(test))["accuracy"]
 
