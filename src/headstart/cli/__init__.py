@@ -244,11 +244,9 @@ def evaluate(
 
     clf = _with_engine(load(run), engine)
     if report_html is not None:
-        from headstart.features.engine import use_engine
         from headstart.report import write_report
 
-        with use_engine(clf.resolved_config().engine):
-            path, summary = write_report(run, data, out=report_html)
+        path, summary = write_report(run, data, out=report_html, clf=clf)  # the run loaded once, engine set
         report = summary["metrics"]
         render.console(stderr=True).print(f"report: {path}", highlight=False, soft_wrap=True)
     else:

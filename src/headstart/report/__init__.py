@@ -12,7 +12,7 @@ from headstart.storage import atomic_path
 
 
 def write_report(run: str | Path, test=None, *, out: str | Path | None = None, calibrate: bool = False,
-                 test_labels=None) -> tuple[Path, dict[str, Any]]:
+                 test_labels=None, clf=None) -> tuple[Path, dict[str, Any]]:
     """Write ``out`` (default ``RUN/report.html``); returns (path, a summary of what it shows).
 
     ``calibrate=True`` stores the temperature fitted on the validation split in the run, so its
@@ -20,7 +20,7 @@ def write_report(run: str | Path, test=None, *, out: str | Path | None = None, c
     from headstart.report.build import build, store_temperature
     from headstart.report.html import render
 
-    contents, clf = build(run, test, test_labels=test_labels)
+    contents, clf = build(run, test, test_labels=test_labels, clf=clf)
     if calibrate:
         store_temperature(clf, Path(run), contents.calibration)
         contents.calibration["stored"] = contents.calibration["temperature"]

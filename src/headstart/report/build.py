@@ -113,13 +113,13 @@ def _calibration(clf, validation: Predictions | None, evaluated: Predictions, no
     return info, before, after
 
 
-def build(run_dir: str | Path, test=None, *, test_labels=None) -> tuple[Contents, Any]:
+def build(run_dir: str | Path, test=None, *, test_labels=None, clf=None) -> tuple[Contents, Any]:
     """The report's contents for the run at ``run_dir`` on ``test`` (else its validation split).
 
-    Returns (contents, the loaded classifier)."""
+    ``clf``: the run already loaded (e.g. with another engine set); returns (contents, the classifier)."""
     from headstart.estimator import load
 
-    clf = load(run_dir)
+    clf = clf if clf is not None else load(run_dir)
     run_dir = Path(run_dir)
     notes: list[str] = []
     validation = saved_validation(run_dir, clf.meta_.get("model_sha256", ""))
