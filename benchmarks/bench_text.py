@@ -69,7 +69,7 @@ def run_dataset(name: str, per_class: int, seed: int, out: Path) -> list[dict]:
     for title, backbone, strategy in ROWS:
         t0 = time.perf_counter()
         clf = TextClassifier(backbone, strategy=strategy, seed=seed, baselines=False)
-        clf.fit(train, out=out / f"{name}-{strategy}-{backbone.split(':')[0]}")
+        clf.fit(train, out=out / f"{name}-{strategy}-{backbone.split(':')[0]}", overwrite=True)  # a rerun retrains
         fit_s = time.perf_counter() - t0
         probs = clf.predict_texts(test.texts)
         pred = [clf.classes_[i] for i in probs.argmax(1)]

@@ -73,3 +73,29 @@ def test_backbones_lists_offline_weights():
     out = run("backbones").stdout
     assert "tf_efficientnet_lite0" in out
     assert "blocks.6" in run("backbones", "--stages", "timm:tf_efficientnet_lite0").stdout
+
+
+def test_every_table_has_json():
+    rows = json.loads(run("backbones", "--json").stdout)
+    assert {"spec", "weights", "offline", "how"} <= set(rows[0])
+    assert any(r["spec"] == "timm:tf_efficientnet_lite0" and r["offline"] for r in rows)
+    st = json.loads(run("backbones", "--stages", "timm:tf_efficientnet_lite0", "--json").stdout)
+    assert st["modality"] == "image" and st["num_features"] == 1280 and st["stages"][-1]["name"] == "blocks.6+conv_head+bn2"
+    assert all({"index", "name", "params"} <= set(s) for s in st["stages"])
+
+
+def test_predict_output_is_what_its_suffix_says(image_folder, tmp_path):
+    out = tmp_path / "run"
+    run("train", image_folder, "--backbone", TINY, "--random-init", "--out", out, "--strategy", "linear-probe",
+        "--head-epochs", "1", "--head-min-steps", "0", "--no-baselines", "--quiet")
+    img = next((image_folder / "dark").iterdir())
+    p = run("predict", out, img, "--output", tmp_path / "x.txt", check=False)
+    assert p.returncode == 2 and "'.txt'" in p.stderr and ".csv" in p.stderr and not (tmp_path / "x.txt").exists()
+    run("predict", out, img, img, "--output", tmp_path / "p.json")
+    rows = json.loads((tmp_path / "p.json").read_text())  # one JSON array, not JSON lines
+    assert isinstance(rows, list) and len(rows) == 2 and rows[0]["path"] == str(img)
+    run("predict", out, img, "--output", tmp_path / "p.tsv")
+    header, first = (tmp_path / "p.tsv").read_text().splitlines()
+    assert header.split("\t")[:2] == ["path", "label"] and first.split("\t")[0] == str(img)
+    run("predict", out, img, "--output", tmp_path / "p.jsonl")
+    assert json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["path"] == str(img)

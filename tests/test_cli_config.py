@@ -50,7 +50,7 @@ def test_flags_build_the_same_config_as_the_python_api(tmp_path, monkeypatch):
     import headstart.cli as cli
 
     seen = {}
-    monkeypatch.setattr(cli, "_run_train", lambda args, resume, quiet: seen.update(args))
+    monkeypatch.setattr(cli, "_run_train", lambda args, resume, quiet, overwrite=False: seen.update(args))
     from typer.testing import CliRunner
 
     r = CliRunner().invoke(app, ["train", str(tmp_path), "--schedule", "onecycle", "--no-feature-cache",

@@ -25,6 +25,30 @@ def test_init_only_stores_parameters_and_clone_round_trips():
     assert twin.resolved_config() == cfg.replace(strategy="linear-probe", lr=0.01, head_epochs=2)
 
 
+def test_help_shows_every_training_option_with_its_default():
+    import dataclasses
+    import inspect
+    import pydoc
+
+    sig = inspect.signature(TransferClassifier)
+    assert not [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD]  # no opaque **train_options
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in sig.parameters and sig.parameters[f.name].default == (
+            "two-stage" if f.name == "strategy" else f.default), f.name
+    assert "head_min_steps" in pydoc.render_doc(TransferClassifier)
+    clf = TransferClassifier(TINY, epochs=3)
+    assert "epochs=3" in repr(clf) and "lr=" not in repr(clf)  # sklearn's repr: only what differs
+    assert clone(clf).get_params()["epochs"] == 3
+
+
+def test_no_validation_split_warns_that_nothing_stops_early(caplog):
+    x, y = make_images(6)
+    with caplog.at_level("WARNING", logger="headstart"):
+        TransferClassifier(TINY, strategy="linear-probe", pretrained=False, head_epochs=1, head_min_steps=0,
+                           val_fraction=0, precision="fp32").fit(x, y)
+    assert "No validation split (val_fraction=0 (CLI: --val-fraction 0)): nothing stops training early" in caplog.text
+
+
 def test_set_params_reaches_every_training_option_and_names_a_typo():
     clf = TransferClassifier(TINY).set_params(batch_size=4, strategy="full")
     assert clf.resolved_config().batch_size == 4 and clf.resolved_config().strategy == "full"

@@ -170,3 +170,82 @@ def test_ctrl_c_says_what_was_saved_and_how_to_resume(folder, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert f"continue with: headstart resume {run}" in err and "checkpoint (phase 2, epoch" in err
+
+
+# -- never lose work: a finished run, or an interrupted one, is never replaced unless asked ----------
+
+WIDE = {**os.environ, "COLUMNS": "400"}  # one line per message, whatever the terminal the tests run in
+QUICK = ["--backbone", TINY, "--random-init", "--strategy", "linear-probe", "--head-epochs", "2",
+         "--head-min-steps", "0", "--precision", "fp32", "--no-baselines", "--quiet"]
+
+
+def test_train_refuses_to_replace_a_finished_run_until_told(folder, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(_cli("train", folder, "--out", run, *QUICK), check=True, capture_output=True)
+    before = (run / "model.safetensors").read_bytes()
+    (run / "predictions" / "stale.npz").parent.mkdir(exist_ok=True)
+    (run / "predictions" / "stale.npz").write_bytes(b"from the old model")
+
+    p = subprocess.run(_cli("train", folder, "--out", run, *QUICK, "--seed", "1"), capture_output=True, text=True, env=WIDE)
+    assert p.returncode == 2 and "already holds a finished run" in p.stderr and "--overwrite" in p.stderr
+    assert (run / "model.safetensors").read_bytes() == before and (run / "train_args.json").is_file()
+
+    p = subprocess.run(_cli("train", folder, "--out", run, *QUICK, "--seed", "1", "--overwrite"),
+                       capture_output=True, text=True, env=WIDE)
+    assert p.returncode == 0, p.stderr
+    assert (run / "model.safetensors").read_bytes() != before
+    assert not (run / "predictions" / "stale.npz").exists()  # nothing derived from the old model survives
+    assert '"seed": 1' in (run / "train_args.json").read_text()
+
+
+def test_train_keeps_an_interrupted_runs_checkpoint_and_names_resume(folder, tmp_path):
+    run = tmp_path / "run"
+    long = ARGS + ["--epochs", "400", "--patience", "1000"]
+    proc = subprocess.Popen(_cli("train", folder, "--out", run, *long), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert _wait_for_checkpoint(run / "checkpoint.pt", proc, phase_index=0), "finished before it could be killed"
+    proc.kill()
+    proc.wait(timeout=30)
+    ckpt = (run / "checkpoint.pt").read_bytes()
+    p = subprocess.run(_cli("train", folder, "--out", run, *ARGS), capture_output=True, text=True, env=WIDE)
+    assert p.returncode == 2 and f"headstart resume {run}" in p.stderr and "--overwrite" in p.stderr
+    assert "without --resume" not in p.stderr
+    assert (run / "checkpoint.pt").read_bytes() == ckpt  # kept, byte for byte
+
+
+def test_api_refusal_names_the_python_keyword(tmp_path):
+    from headstart import TransferClassifier
+    from headstart.errors import HeadstartError
+
+    x, y = make_images(6)
+    opts = dict(strategy="linear-probe", pretrained=False, head_epochs=1, head_min_steps=0, precision="fp32",
+                baselines=False)
+    TransferClassifier(TINY, **opts).fit(x, y, out=tmp_path / "r")
+    with pytest.raises(HeadstartError, match=r"finished run.*overwrite=True") as err:
+        TransferClassifier(TINY, **opts).fit(x, y, out=tmp_path / "r")
+    assert "--overwrite" not in str(err.value)
+    TransferClassifier(TINY, **opts, seed=3).fit(x, y, out=tmp_path / "r", overwrite=True)
+    with pytest.raises(HeadstartError, match="pass one of them"):
+        TransferClassifier(TINY, **opts).fit(x, y, out=tmp_path / "r", overwrite=True, resume=True)
+
+
+def test_a_failed_train_leaves_no_half_made_run_folder(folder, tmp_path):
+    run = tmp_path / "run"
+    p = subprocess.run(_cli("train", tmp_path / "no-such-data", "--out", run, *QUICK), capture_output=True, text=True, env=WIDE)
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    assert not run.exists()  # train_args.json used to stay behind
+    # A folder the user made keeps what they put in it, and only that.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    p = subprocess.run(_cli("train", tmp_path / "no-such-data", "--out", mine, *QUICK), capture_output=True)
+    assert p.returncode == 2 and sorted(f.name for f in mine.iterdir()) == ["notes.txt"]
+
+
+def test_default_out_is_a_fresh_folder_per_run(folder, tmp_path):
+    for _ in range(2):
+        p = subprocess.run(_cli("train", folder, *QUICK), capture_output=True, text=True, cwd=tmp_path, env=WIDE)
+        assert p.returncode == 0, p.stderr
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("run-") and (r / "headstart.json").is_file() for r in runs)
+    assert runs[-1].name in p.stderr  # the summary says where the run went

@@ -267,7 +267,7 @@ def test_cli_train_predict_evaluate_text(glove_txt, tmp_path):
     cli = [sys.executable, "-m", "headstart.cli"]
     r = subprocess.run(cli + ["train", str(tmp_path / "train.csv"), "--backbone", f"vectors:{glove_txt}",
                               "--strategy", "linear-probe", "--head-min-steps", "100", "--lr", "0.01",
-                              "--out", str(run), "-q"], capture_output=True, text=True)
+                              "--encoding", "utf-8", "--out", str(run), "-q"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "val texts" in r.stderr and "TF-IDF" in r.stderr  # the baseline sits beside the result
     meta = json.loads((run / "headstart.json").read_text())
@@ -307,6 +307,23 @@ def test_cli_text_errors_are_one_clean_line(glove_txt, tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "headstart.cli", "train", str(tmp_path / "d.csv"), *base, *args,
                         "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_strict_refuses_skipped_rows_and_cp1252_tables_train(glove_txt, tmp_path):
+    """--strict fails on a dropped row; a Windows-1252 table (Excel) trains on every row instead of losing them."""
+    from headstart import TransferClassifier
+    from headstart.errors import DataError
+
+    texts, labels = corpus()
+    texts = [t.replace("delight", "délight") for t in texts]  # accented rows: lost when read as UTF-8 only
+    body = "text,label\r\n" + "".join(f'"{t}",{lab}\r\n' for t, lab in zip(texts, labels))
+    (tmp_path / "excel.csv").write_bytes(body.encode("cp1252"))
+    opts = dict(strategy="linear-probe", head_min_steps=50, lr=0.01, baselines=False)
+    clf = TransferClassifier(f"vectors:{glove_txt}", **opts).fit(str(tmp_path / "excel.csv"))
+    assert clf.data_info_["n_skipped"] == 0 and clf.data_info_["n_train"] + clf.data_info_["n_val"] == len(texts)
+    with pytest.raises(DataError, match=r"strict=True \(CLI: --strict\) and skipped \d+ of 48 rows.*not valid UTF-8"):
+        TransferClassifier(f"vectors:{glove_txt}", encoding="utf-8", strict=True, **opts).fit(
+            str(tmp_path / "excel.csv"))
 
 
 def test_vectors_errors_name_the_fix(tmp_path):

@@ -174,7 +174,7 @@ def test_csv_bad_rows_skipped_and_reported(tmp_path):
             b"no label,\n"     # missing label
             b"one, two,a\n"    # unquoted comma: 3 fields
             b"good,b\n")
-    ex = load_texts(write(tmp_path / "d.csv", data))
+    ex = load_texts(write(tmp_path / "d.csv", data), encoding="utf-8")  # told UTF-8: no Windows-1252 fallback
     assert ex.texts == ["fine", "good"] and ex.labels == ["a", "b"]
     assert ex.skipped == [
         ("d.csv:line 3", "empty text"), ("d.csv:line 4", "empty text"),
@@ -183,6 +183,27 @@ def test_csv_bad_rows_skipped_and_reported(tmp_path):
     ]
     summary = ex.skipped_summary()
     assert summary.startswith("skipped 5 of 7 rows") and "2 empty text (d.csv:line 3, d.csv:line 4)" in summary
+
+
+def test_windows_1252_table_keeps_every_row(tmp_path, caplog):
+    """Excel's "CSV" on Western Windows is cp1252: every accented row used to be dropped, with exit 0."""
+    rows = [("café crème", "pos"), ("naïve “quotes”", "neg"), ("plain", "pos"), ("€5 – cheap", "neg")]
+    body = "text,label\r\n" + "".join(f'"{t}",{lab}\r\n' for t, lab in rows)
+    f = write(tmp_path / "excel.csv", body.encode("cp1252"))
+    with caplog.at_level("WARNING", logger="headstart"):
+        ex = load_texts(f)
+    assert ex.texts == [t for t, _ in rows] and not ex.skipped
+    assert "3 of 5 lines are not valid UTF-8; read them as Windows-1252" in caplog.text and "--encoding" in caplog.text
+    # Told the encoding: read in it, no warning; told UTF-8: the three rows are skipped and counted.
+    caplog.clear()
+    assert load_texts(f, encoding="cp1252").texts == [t for t, _ in rows] and "Windows-1252" not in caplog.text
+    strict = load_texts(f, encoding="utf-8")
+    assert strict.texts == ["plain"] and strict.skipped_summary().startswith("skipped 3 of 4 rows")
+    # A file mixing both keeps its UTF-8 lines right.
+    mixed = write(tmp_path / "mixed.csv", "text,label\nthé,a\n".encode() + "thé,b\n".encode("cp1252"))
+    assert load_texts(mixed).texts == ["thé", "thé"]
+    with pytest.raises(DataError, match="Unknown encoding 'utf-9'.*cp1252"):
+        load_texts(f, encoding="utf-9")
 
 
 def test_bom_and_multiline_quoted_text(tmp_path):
@@ -211,7 +232,7 @@ def test_jsonl_bad_lines_skipped_with_line_numbers(tmp_path):
             b'{"text": "   ", "label": "a"}\n'
             b'{"text": "no label"}\n'
             b'{"text": "fine", "label": "b"}\n')
-    ex = load_texts(write(tmp_path / "d.jsonl", data))
+    ex = load_texts(write(tmp_path / "d.jsonl", data), encoding="utf-8")
     assert ex.texts == ["good", "fine"] and ex.labels == ["a", "b"]
     reasons = dict(ex.skipped)
     assert reasons["d.jsonl:line 2"] == "not valid UTF-8"
@@ -232,7 +253,7 @@ def test_nothing_usable_is_an_error_with_the_reasons(tmp_path):
     f = write(tmp_path / "d.csv", b"text,label\n ,a\n\xff,b\n")
     with pytest.raises(DataError, match=r"None of the 2 rows.*1 empty text \(d.csv:line 2\); "
                                         r"1 not valid UTF-8 \(d.csv:line 3\)"):
-        load_texts(f)
+        load_texts(f, encoding="utf-8")
 
 
 # -- bad sources ---------------------------------------------------------------------------------
@@ -319,4 +340,4 @@ def test_jsonl_with_only_bad_lines_reports_them(tmp_path):
     f = write(tmp_path / "d.jsonl", b'{"text": \n\xff\n')
     with pytest.raises(DataError, match=r"None of the 2 rows.*1 invalid JSON \(d.jsonl:line 1\); "
                                         r"1 not valid UTF-8 \(d.jsonl:line 2\)"):
-        load_texts(f)
+        load_texts(f, encoding="utf-8")

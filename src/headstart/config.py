@@ -55,7 +55,7 @@ class TrainConfig:
         "help": f"one of {ENGINES}: what runs frozen-backbone features, prediction and the stage profile on a CPU. "
                 "auto = OpenVINO for image backbones from 256 images on when it is installed (else the torch "
                 "fast path); $HEADSTART_ENGINE sets it where this is auto"})
-    strict: bool = field(default=False, metadata={"help": "fail on the first unreadable image instead of skipping it"})
+    strict: bool = field(default=False, metadata={"help": "fail on an unreadable image or text row instead of skipping it (skipped ones are listed in the run)"})
     use_feature_cache: bool = field(default=True, metadata={
         "flag": "feature-cache",
         "help": "cache frozen-backbone features on disk ($HEADSTART_CACHE) and frozen-prefix outputs in memory"})

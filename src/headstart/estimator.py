@@ -12,6 +12,7 @@ learns ends in ``_``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -37,7 +38,16 @@ from headstart.encoders.model import TransferModel
 from headstart.errors import DataError, HeadstartError, did_you_mean
 from headstart.features.engine import use_engine
 from headstart.io.predictions import predictions
-from headstart.io.run import CHECKPOINT, Run, prepare_out, run_paths, save_run
+from headstart.io.run import (
+    CHECKPOINT,
+    Run,
+    clear_run,
+    discard_unfinished,
+    prepare_out,
+    refuse_to_replace,
+    run_paths,
+    save_run,
+)
 from headstart.modalities import (
     Columns,
     Modality,
@@ -47,7 +57,7 @@ from headstart.modalities import (
     read_pool,
 )
 from headstart.storage import check_writable
-from headstart.train.distributed import make_accelerator
+from headstart.train.distributed import is_main_process, make_accelerator
 from headstart.train.loop import TrainData, fit, preserved_rng, seed_everything
 
 log = logging.getLogger("headstart")
@@ -55,7 +65,7 @@ log = logging.getLogger("headstart")
 TRAIN_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 # Parameters of the estimator itself (the TrainConfig fields are parameters too, given as keywords).
 _PARAMS = ("backbone", "strategy", "config", "pretrained", "allow_unsafe_pickle", "path_column", "text_column",
-           "label_column", "pooling", "max_length")
+           "label_column", "encoding", "pooling", "max_length")
 
 
 class TransferClassifier(ClassifierMixin, BaseEstimator):
@@ -73,6 +83,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, backbone: str = DEFAULT_BACKBONE, strategy: str = "two-stage", *,
                  config: TrainConfig | None = None, pretrained: bool = True, allow_unsafe_pickle: bool = False,
                  path_column: str = "path", text_column: str | None = None, label_column: str | None = None,
+                 encoding: str | None = None,
                  pooling: str | None = None, max_length: int | None = None, **train_options: Any):
         _check_option_names(train_options)
         self.backbone = backbone
@@ -83,6 +94,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.path_column = path_column  # image tables: the column of image paths
         self.text_column = text_column  # text tables: the column of texts (None = "text" or the only one)
         self.label_column = label_column  # None = "label" (images), the first of label/labels/target/class (texts)
+        self.encoding = encoding  # text files; None = UTF-8, and Windows-1252 for lines that are not (warned)
         self.pooling = pooling  # text backbones; None = the model's own (sentence-transformers config) or mean
         self.max_length = max_length  # text backbones; None = the model's own maximum
         self._options = tuple(train_options)
@@ -119,31 +131,51 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return getattr(self, "modality_", None) or modality_for(self.backbone)
 
     def _columns(self) -> Columns:
-        return Columns(path_column=self.path_column, text_column=self.text_column, label_column=self.label_column)
+        return Columns(path_column=self.path_column, text_column=self.text_column, label_column=self.label_column,
+                       encoding=self.encoding)
 
     def _read(self, X, y=None, *, purpose: str):
         return self.modality.read(X, y, columns=self._columns(), purpose=purpose)
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y: Sequence | None = None, *, validation=None, out: str | Path | None = None,
-            progress: Callable | None = None, resume: bool = False) -> "TransferClassifier":
+            progress: Callable | None = None, resume: bool = False, overwrite: bool = False) -> "TransferClassifier":
         """Train on ``X``: images (a class-per-folder directory, a CSV, or images with labels ``y``) or
         texts (a CSV/TSV/JSONL/Parquet file, a DataFrame, a ``datasets.Dataset``, or texts with ``y``).
 
         With ``out`` a checkpoint is written there after every epoch; ``resume=True`` continues a
         killed run from it (same data and options), ending with the same weights as an unbroken run.
+        A finished run, or an interrupted one, already in ``out`` is never replaced unless
+        ``overwrite=True``; a fit that fails before its first checkpoint leaves no files behind.
         """
-        with use_engine(self.resolved_config().engine):  # every frozen-feature pass of the fit, baselines too
-            return self._fit(X, y, validation=validation, out=out, progress=progress, resume=resume)
+        created = out is not None and not Path(out).exists()
+        try:
+            with use_engine(self.resolved_config().engine):  # every frozen-feature pass of the fit, baselines too
+                return self._fit(X, y, validation=validation, out=out, progress=progress, resume=resume,
+                                 overwrite=overwrite)
+        except BaseException:
+            if out is not None and is_main_process():
+                discard_unfinished(out, created)
+            raise
 
-    def _fit(self, X, y, *, validation, out, progress, resume) -> "TransferClassifier":
+    def _fit(self, X, y, *, validation, out, progress, resume, overwrite) -> "TransferClassifier":
         t0 = time.perf_counter()
         modality = modality_for(self.backbone)
         cfg = modality.check_config(self.resolved_config())
-        ckpt = prepare_out(out, resume, cfg)
+        ckpt = prepare_out(out, resume, cfg, overwrite=overwrite)
         labelled = self._read(X, y, purpose="train")  # what `headstart plan` profiles: every labelled example
+        if cfg.strict and labelled.skipped:
+            raise DataError(f"strict=True (CLI: --strict) and {labelled.skipped_summary()}. Fix those rows, or "
+                            "drop strict to train on the rest (a text table not in UTF-8: pass its encoding=..., "
+                            "CLI: --encoding).")
         self.classes_ = class_list(labelled.labels)
         train_ex, val_ex = self._split(labelled, validation, cfg)
+        if val_ex is None or not len(val_ex):
+            why = ("val_fraction=0 (CLI: --val-fraction 0)" if cfg.val_fraction == 0 else
+                   "no class has enough examples to hold one out")
+            log.warning("No validation split (%s): nothing stops training early, the last epoch's weights are "
+                        "kept, and no baseline is compared. Pass validation data (CLI: --val) or keep a fraction "
+                        "out (val_fraction=0.2).", why)
 
         seed_everything(cfg.seed)
         backbone = get_backbone(self.backbone, pretrained=self.pretrained, allow_unsafe_pickle=self.allow_unsafe_pickle,
@@ -254,7 +286,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ distillation
     def distill(self, student: str = "scratch:tiny", *, data=None, y: Sequence | None = None, unlabeled=None,
                 validation=None, out: str | Path | None = None, progress: Callable | None = None,
-                resume: bool = False, **options: Any) -> "TransferClassifier":
+                resume: bool = False, overwrite: bool = False, **options: Any) -> "TransferClassifier":
         """Distil this fitted model (the teacher) into ``student``; returns the student, a fitted classifier.
 
         ``data`` defaults to the teacher's own training data (the path its run recorded), split exactly as
@@ -269,7 +301,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         settings, train_options = _distill_options(student, options)
         cfg = student_config(student, self.fitted_config_, train_options)
         if out is not None:
+            refuse_to_replace(out, resume=resume, overwrite=overwrite)
             check_writable(out)
+            if overwrite:
+                clear_run(out)
         labelled = self._read(data if data is not None else self._training_source(), y, purpose="train")
         train_ex, val_ex = self._split(labelled, validation, self.fitted_config_)  # the teacher's own split
         pool = (read_pool(self.modality_, unlabeled, text_column=self.text_column, path_column=self.path_column)
@@ -385,7 +420,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "classes": list(self.classes_),
             "preprocess": self.preprocess_.to_dict(),
             "config": self.fitted_config_.to_dict(),
-            "inputs": {"path_column": self.path_column, "text_column": self.text_column,
+            "inputs": {"path_column": self.path_column, "text_column": self.text_column, "encoding": self.encoding,
                        "label_column": self.label_column},
             "plan": self.plan_.to_dict() if self.plan_ is not None else None,
             "history": {"phases": history.phases, "precision": history.precision,
@@ -422,6 +457,20 @@ def _distill_options(student: str, options: dict[str, Any]) -> tuple[DistillConf
                              + did_you_mean(unknown[0], _DISTILL_OPTIONS + TRAIN_OPTIONS))
     settings = DistillConfig(student=student, **{k: v for k, v in options.items() if k in _DISTILL_OPTIONS})
     return settings, {k: v for k, v in options.items() if k in TRAIN_OPTIONS}
+
+
+def _full_signature(init) -> inspect.Signature:
+    """``__init__``'s signature with every TrainConfig field spelled out (keyword-only, its default), so
+    ``help(TransferClassifier)``, IDEs and ``inspect`` show the real parameters, not ``**train_options``."""
+    sig = inspect.signature(init)
+    named = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in named}
+    extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+             for f in dataclasses.fields(TrainConfig) if f.name not in taken]
+    return sig.replace(parameters=named + extra)
+
+
+TransferClassifier.__init__.__signature__ = _full_signature(TransferClassifier.__init__)
 
 
 def _check_option_names(options: dict[str, Any]) -> None:

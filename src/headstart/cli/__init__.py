@@ -43,7 +43,9 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 def train(
     data: str = typer.Argument(..., help="Images: a folder with one subfolder per class, or a CSV (path,label). "
                                "Texts (hf:/vectors: backbones): a CSV, TSV, JSONL, JSON or Parquet file."),
-    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Run directory to write."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write (default: a new "
+                                       "runs/run-YYYYMMDD-HHMMSS). A finished run there is never replaced "
+                                       "without --overwrite."),
     backbone: str = typer.Option(DEFAULT_BACKBONE, help="Pretrained backbone (see `headstart backbones`); "
                                  "hf: and vectors: backbones read texts."),
     val: Optional[str] = typer.Option(None, help="Validation folder/table (default: a stratified split, see "
@@ -62,6 +64,9 @@ def train(
                                              help="Let file: backbones unpickle arbitrary objects. Only for files you trust."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     resume: bool = typer.Option(False, "--resume", help="Continue this --out run from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished (or interrupted) run in --out."),
+    encoding: Optional[str] = typer.Option(None, help="Text tables: their encoding (default: UTF-8, and "
+                                           "Windows-1252 for lines that are not UTF-8, with a warning)."),
     report: bool = typer.Option(False, "--report", help="After the fit, write RUN/report.html from the validation "
                                 "split (`headstart report RUN TEST` adds a test set)."),
     config: TrainConfig = None,
@@ -70,11 +75,29 @@ def train(
 
     Every training option below the inputs is a field of headstart.TrainConfig (same name, same default).
     """
-    args = {"data": data, "out": str(out), "backbone": backbone, "val": val, "path_column": path_column,
-            "label_column": label_column, "text_column": text_column, "pooling": pooling, "max_length": max_length,
-            "pretrained": pretrained, "allow_unsafe_pickle": allow_unsafe_pickle, "report": report,
-            "config": config.to_dict()}
-    _run_train(args, resume=resume, quiet=quiet)
+    args = {"data": data, "out": str(out or _fresh_out()), "backbone": backbone, "val": val,
+            "path_column": path_column, "label_column": label_column, "text_column": text_column,
+            "encoding": encoding, "pooling": pooling, "max_length": max_length, "pretrained": pretrained,
+            "allow_unsafe_pickle": allow_unsafe_pickle, "report": report, "config": config.to_dict()}
+    _run_train(args, resume=resume, quiet=quiet, overwrite=overwrite)
+
+
+def _fresh_out(root: Path = Path("runs")) -> Path:
+    """A run directory no earlier run used: runs/run-YYYYMMDD-HHMMSS (-2, -3 ... within one second)."""
+    import os
+    import time
+
+    from headstart.errors import HeadstartError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own name
+        raise HeadstartError("Under torchrun / accelerate launch pass --out: every process must write to the "
+                             "same run directory.")
+    base = root / time.strftime("run-%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 @app.command()
@@ -106,9 +129,14 @@ def _config_of(args: dict) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in args.items() if k in fields})
 
 
-def _run_train(args: dict, resume: bool, quiet: bool) -> None:
+def _run_train(args: dict, resume: bool, quiet: bool, overwrite: bool = False) -> None:
     from headstart.estimator import TransferClassifier
-    from headstart.io.run import TRAIN_ARGS
+    from headstart.io.run import (
+        TRAIN_ARGS,
+        clear_run,
+        discard_unfinished,
+        refuse_to_replace,
+    )
     from headstart.storage import check_writable, write_json
     from headstart.train.distributed import is_main_process
 
@@ -117,14 +145,24 @@ def _run_train(args: dict, resume: bool, quiet: bool) -> None:
     clf = TransferClassifier(args["backbone"], strategy=cfg.strategy, config=cfg, pretrained=args.get("pretrained", True),
                              allow_unsafe_pickle=args.get("allow_unsafe_pickle", False),
                              path_column=args.get("path_column", "path"), text_column=args.get("text_column"),
-                             label_column=args.get("label_column"), pooling=args.get("pooling"),
-                             max_length=args.get("max_length"))
+                             label_column=args.get("label_column"), encoding=args.get("encoding"),
+                             pooling=args.get("pooling"), max_length=args.get("max_length"))
+    refuse_to_replace(out, resume=resume, overwrite=overwrite, cli=True)
+    created = not out.exists()
     check_writable(out)
-    if not resume and is_main_process():  # one writer when several processes train
+    main = is_main_process()
+    if overwrite and main:
+        clear_run(out)  # before train_args.json is written: that one is this run's
+    if not resume and main:  # one writer when several processes train
         write_json(out / TRAIN_ARGS, args)
     console = render.console()
-    with _interruptible(out, console), EpochProgress(console, quiet) as progress:
-        clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
+    try:
+        with _interruptible(out, console), EpochProgress(console, quiet) as progress:
+            clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
+    except BaseException:  # a failed start leaves no half-made run folder (a checkpoint is kept for resume)
+        if main:
+            discard_unfinished(out, created)
+        raise
     if clf.run_ is None:  # the main process saved the run; the others have nothing to report
         return
     render.print_fit_summary(console, clf.run_, clf.fit_seconds_)
@@ -146,9 +184,11 @@ def predict(
     inputs: Optional[List[str]] = typer.Argument(None, help="Image files or folders; for a text run, the texts."),
     input_file: Optional[str] = typer.Option(None, "--input", help="A file of inputs: for a text run a CSV, TSV, "
                                              "JSONL, JSON, Parquet or TXT file; for images a folder or a CSV of paths."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write the predictions to this .csv or .jsonl "
-                                          "file instead of printing JSON lines."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the predictions to this file instead of "
+                                          "printing JSON lines: .jsonl, .json (an array), .csv or .tsv."),
     text_column: Optional[str] = typer.Option(None, help="Column with the texts in --input (default: the training one)."),
+    encoding: Optional[str] = typer.Option(None, help="Encoding of a text --input (default: the run's, else UTF-8 "
+                                           "with Windows-1252 for lines that are not)."),
     path_column: str = typer.Option("path", help="CSV column with image paths in --input."),
     top: int = typer.Option(0, help="Only the top-N class probabilities (0 = all)."),
     engine: Optional[str] = typer.Option(None, help="Inference engine for image runs: auto, torch or openvino "
@@ -160,9 +200,10 @@ def predict(
 
     if not inputs and not input_file:
         raise DataError("Nothing to predict: pass inputs after the run directory, or --input FILE.")
+    render.prediction_format(output)  # a suffix it cannot write fails now, not after the predictions
     clf = _with_engine(load(run), engine)
     if clf.modality_.name == "text":
-        rows, failed = _predict_texts(clf, inputs, input_file, text_column)
+        rows, failed = _predict_texts(clf, inputs, input_file, text_column, encoding)
     else:
         rows, failed = _predict_images(clf, inputs, input_file, path_column)
     for r in rows:
@@ -181,10 +222,11 @@ def _with_engine(clf, engine: str | None):
     return clf
 
 
-def _predict_texts(clf, inputs, input_file, text_column) -> tuple[list[dict], int]:
+def _predict_texts(clf, inputs, input_file, text_column, encoding=None) -> tuple[list[dict], int]:
     from headstart.data.texts import load_texts
 
-    sources = ([load_texts(input_file, text_column=text_column or clf.text_column, label_column=False)]
+    sources = ([load_texts(input_file, text_column=text_column or clf.text_column, label_column=False,
+                           encoding=encoding or clf.encoding)]
                if input_file else []) + ([load_texts(list(inputs), label_column=False)] if inputs else [])
     rows: list[dict] = []
     failed = 0
@@ -260,6 +302,7 @@ def evaluate(
 @app.command()
 def backbones(
     stages: Optional[str] = typer.Option(None, help="Show the freezable stages of this backbone."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ):
     """List available backbones and which work offline right now."""
     from rich.table import Table
@@ -270,6 +313,16 @@ def backbones(
         from headstart.encoders.cut import stage_summary
 
         bb = get_backbone(stages)
+        if as_json:
+            if bb.modality == "text":
+                params = dict(bb.module.named_parameters())
+                rows = [{"index": i, "name": s.name, "params": sum(params[n].numel() for n in s.param_names)}
+                        for i, s in enumerate(bb.stages)]
+            else:
+                rows = stage_summary(bb.module, bb.stages)
+            print(json.dumps({"spec": bb.spec, "modality": bb.modality, "num_features": bb.num_features,
+                              "stages": rows}, indent=2))
+            return
         if bb.modality == "text":
             render.print_text_stages(console, bb)
             return
@@ -283,6 +336,9 @@ def backbones(
         return
     from headstart.encoders import list_backbones
 
+    if as_json:
+        print(json.dumps(list_backbones(), indent=2))
+        return
     t = Table("backbone", "weights", "offline now", "how")
     for row in list_backbones():
         t.add_row(row["spec"], row["weights"], "yes" if row["offline"] else "no", row["how"])
@@ -413,7 +469,9 @@ def discover(
 @with_config_options(TrainConfig)
 def distill(
     run: Path = typer.Argument(..., help="The teacher: a run directory written by `headstart train`."),
-    out: Path = typer.Option(Path("runs/distilled"), "--out", "-o", help="Run directory of the student."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory of the student (default: a new "
+                                       "runs/run-YYYYMMDD-HHMMSS; a finished run there is never replaced without "
+                                       "--overwrite)."),
     data: Optional[str] = typer.Option(None, help="Labelled data (default: the teacher's training data, as its "
                                        "run recorded it; split as the teacher split it)."),
     val: Optional[str] = typer.Option(None, help="Validation folder/table, if the teacher was trained with one."),
@@ -421,6 +479,7 @@ def distill(
                                             "paths) or texts (a table) for the teacher to label for the student."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     resume: bool = typer.Option(False, "--resume", help="Continue this --out distillation (same options)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished (or interrupted) run in --out."),
     settings: DistillConfig = None,
     config: TrainConfig = None,
 ):
@@ -431,28 +490,41 @@ def distill(
     --views (teacher and student see the same views).
     """
     defaults = TrainConfig().to_dict()
-    args = {"run": str(run), "out": str(out), "data": data, "val": val, "unlabeled": unlabeled,
+    args = {"run": str(run), "out": str(out or _fresh_out()), "data": data, "val": val, "unlabeled": unlabeled,
             "settings": settings.to_dict(),
             "options": {k: v for k, v in config.to_dict().items() if v != defaults[k]}}  # what the user set
-    _run_distill(args, resume=resume, quiet=quiet)
+    _run_distill(args, resume=resume, quiet=quiet, overwrite=overwrite)
 
 
-def _run_distill(args: dict, resume: bool, quiet: bool) -> None:
+def _run_distill(args: dict, resume: bool, quiet: bool, overwrite: bool = False) -> None:
     from headstart.estimator import load
-    from headstart.io.run import DISTILL_ARGS
+    from headstart.io.run import (
+        DISTILL_ARGS,
+        clear_run,
+        discard_unfinished,
+        refuse_to_replace,
+    )
     from headstart.storage import check_writable, write_json
 
     out = Path(args["out"])
+    refuse_to_replace(out, resume=resume, overwrite=overwrite, cli=True)
+    created = not out.exists()
     check_writable(out)
     teacher = load(args["run"])
+    if overwrite:
+        clear_run(out)
     if not resume:
         write_json(out / DISTILL_ARGS, args)
     settings = dict(args["settings"])
     student = settings.pop("student")
     console = render.console()
-    with _interruptible(out, console), EpochProgress(console, quiet) as progress:
-        result = teacher.distill(student, data=args["data"], validation=args["val"], unlabeled=args["unlabeled"],
-                                 out=out, progress=progress, resume=resume, **settings, **args["options"])
+    try:
+        with _interruptible(out, console), EpochProgress(console, quiet) as progress:
+            result = teacher.distill(student, data=args["data"], validation=args["val"], unlabeled=args["unlabeled"],
+                                     out=out, progress=progress, resume=resume, **settings, **args["options"])
+    except BaseException:
+        discard_unfinished(out, created)
+        raise
     render.print_fit_summary(console, result.run_, result.fit_seconds_)
     render.print_distillation(console, result.run_)
 
@@ -528,7 +600,8 @@ def report(
 def demo(
     per_class: int = typer.Option(100, help="Labelled training images per class."),
     test_limit: int = typer.Option(0, help="Evaluate on only the first N test images (0 = all 10,000)."),
-    out: Path = typer.Option(Path("runs/demo"), help="Where to save the two runs."),
+    out: Path = typer.Option(Path("runs/demo"), help="Where to save the two runs (OUT/linear-probe, OUT/two-stage; "
+                             "a second demo replaces them)."),
 ):
     """The main job: Lite0 ImageNet weights on Fashion-MNIST with 100 labels per class."""
     from headstart.cli.demo import run_demo
@@ -546,17 +619,17 @@ def _interruptible(out: Path, console):
         sys.exit(130)
 
 
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) ends a run the way Ctrl-C does
-
-
 def main() -> None:
     """Entry point: user errors become one clean line on stderr and exit code 2, never a traceback."""
     import signal
 
     from headstart.errors import HeadstartError
+    from headstart.train.interrupt import request_stop
 
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM (a scheduler, `kill`) ends a run the way Ctrl-C does; both also leave a stop request
+    # that the training loop checks, in case the KeyboardInterrupt lands where Python swallows it.
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     try:
         app()
     except HeadstartError as exc:

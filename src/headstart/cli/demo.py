@@ -51,7 +51,8 @@ def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/d
         t0 = time.perf_counter()
         clf = TransferClassifier(BACKBONE, strategy=strategy, seed=seed, **options)
         with EpochProgress(console, quiet=False) as progress:
-            clf.fit(x_train[idx], names, out=Path(out) / strategy, progress=progress)
+            # The demo owns OUT/linear-probe and OUT/two-stage: running it again redoes both.
+            clf.fit(x_train[idx], names, out=Path(out) / strategy, progress=progress, overwrite=True)
         fit_s = time.perf_counter() - t0
         print_baselines(console, clf.run_.meta.get("baselines"))
         # The test pass goes through the report: one prediction pass gives the figures and report.html.

@@ -58,32 +58,55 @@ def print_baselines(console, rep) -> None:
                   f"{fmt(rep['linear_probe']['val_acc'])} | {what}")
     if (rep.get("compute_saved") or {}).get("summary"):
         console.print(f"compute saved: {rep['compute_saved']['summary']}", highlight=False)
+    verdict = rep.get("verdict")  # runs saved before the paired verdict have none
+    if verdict and not rep["warnings"]:  # a warning already carries the verdict's figures
+        word = {"better": "transfer is better", "no difference": "no significant difference",
+                "worse": "transfer is worse"}.get(verdict["outcome"], verdict["outcome"])
+        console.print(f"verdict: {word}: {verdict['why']}", highlight=False)
     for w in rep["warnings"]:
         console.print(f"[bold red]WARNING:[/bold red] {w}", highlight=False)
 
 
-def write_predictions(rows: list[dict], output: Path | None) -> None:
-    """JSON lines on stdout, or a .jsonl / .csv file (one probability column per class)."""
-    if output is None or output.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(text, encoding="utf-8")
-        return
-    import csv
+PREDICTION_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 
-    classes = list(dict.fromkeys(c for r in rows for c in r.get("probabilities", {})))
-    keys = list(dict.fromkeys(k for r in rows for k in r if k != "probabilities"))
+
+def prediction_format(output: Path | None) -> str:
+    """What ``--output`` asks for, from its suffix; checked before predicting, not after."""
+    if output is None:
+        return "jsonl"
+    fmt = PREDICTION_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        from headstart.errors import DataError
+
+        raise DataError(f"--output {str(output)!r}: cannot tell the format from {output.suffix or 'no suffix'!r}; "
+                        f"end it in one of {sorted(PREDICTION_FORMATS)} (.csv/.tsv: one p_<class> column per class).")
+    return fmt
+
+
+def write_predictions(rows: list[dict], output: Path | None) -> None:
+    """JSON lines on stdout, or the file ``--output`` names: .jsonl/.ndjson (a JSON object per line), .json
+    (one JSON array), .csv or .tsv (one probability column per class)."""
+    fmt = prediction_format(output)
+    if output is None:
+        sys.stdout.write("".join(json.dumps(r) + "\n" for r in rows))
+        return
     output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(keys + [f"p_{c}" for c in classes])
-        for r in rows:
-            probs = r.get("probabilities", {})
-            w.writerow([r.get(k, "") for k in keys] + [probs.get(c, "") for c in classes])
-    console().print(f"wrote {len(rows)} predictions to {output}")
+    if fmt in ("jsonl", "json"):
+        text = ("".join(json.dumps(r) + "\n" for r in rows) if fmt == "jsonl"
+                else json.dumps(rows, indent=1) + "\n")
+        output.write_text(text, encoding="utf-8")
+    else:
+        import csv
+
+        classes = list(dict.fromkeys(c for r in rows for c in r.get("probabilities", {})))
+        keys = list(dict.fromkeys(k for r in rows for k in r if k != "probabilities"))
+        with open(output, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="," if fmt == "csv" else "\t")
+            w.writerow(keys + [f"p_{c}" for c in classes])
+            for r in rows:
+                probs = r.get("probabilities", {})
+                w.writerow([r.get(k, "") for k in keys] + [probs.get(c, "") for c in classes])
+    console().print(f"wrote {len(rows)} predictions to {output} ({fmt})")
 
 
 def print_report(report: dict) -> None:

@@ -24,6 +24,7 @@ import gzip
 import importlib.util
 import io
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from headstart.errors import DataError, did_you_mean
+
+log = logging.getLogger("headstart")
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".txt": "txt"}
@@ -112,7 +115,7 @@ class _Table:
 
 def load_texts(source: Any, y: Sequence | None = None, *, text_column: str | None = None,
                label_column: str | None | Literal[False] = None,
-               require_labels: bool = False) -> TextExamples:
+               require_labels: bool = False, encoding: str | None = None) -> TextExamples:
     """Texts (and labels) from a file path, a DataFrame, a ``datasets.Dataset``, a list or one string.
 
     ``text_column`` defaults to ``"text"``, else the only text-like column. ``label_column`` defaults
@@ -120,6 +123,8 @@ def load_texts(source: Any, y: Sequence | None = None, *, text_column: str | Non
     no row is dropped for a missing label (prediction). ``require_labels`` makes a missing label
     column an error. ``y`` gives the labels of a list of texts. A ``str`` is a path if such a file
     exists or it ends in a known suffix (``.csv``, ``.jsonl``, ...), otherwise it is one text.
+    ``encoding`` of text files: None reads UTF-8 (a BOM picks UTF-8/16) and decodes any line that is
+    not UTF-8 as Windows-1252, what Excel saves, with a warning; a codec name reads the file in it.
     """
     if isinstance(source, TextExamples):
         if require_labels and source.labels is None:
@@ -129,7 +134,7 @@ def load_texts(source: Any, y: Sequence | None = None, *, text_column: str | Non
         source = [source]
         if y is not None and (isinstance(y, (str, bytes)) or np.ndim(y) == 0):
             y = [y]
-    table = _read_source(source, y is not None)
+    table = _read_source(source, y is not None, encoding)
     if table is None:  # a list of texts
         return _from_list(source, y, require_labels)
     return _select(table, text_column, label_column, require_labels)
@@ -149,13 +154,13 @@ def _exists(p: Path) -> bool:
         return False
 
 
-def _read_source(source: Any, has_y: bool) -> _Table | None:
+def _read_source(source: Any, has_y: bool, encoding: str | None = None) -> _Table | None:
     """Dispatch on what the user passed; ``None`` means a plain sequence of texts."""
     if isinstance(source, (str, os.PathLike)):
         if has_y:
             raise DataError(f"Labels come from the label column of {str(source)!r}; do not pass y too "
                             "(choose the column with --label-column).")
-        return _read_file(Path(source).expanduser())
+        return _read_file(Path(source).expanduser(), encoding)
     kind = _foreign_kind(source)
     if kind and has_y and kind != "Series":
         raise DataError(f"Labels come from a column of the {kind}; do not pass y too (choose the "
@@ -372,7 +377,7 @@ def _from_list(texts: Any, y: Sequence | None, require: bool) -> TextExamples:
 # Files
 
 
-def _read_file(path: Path) -> _Table:
+def _read_file(path: Path, encoding: str | None = None) -> _Table:
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if _format_of(p))[:5]
         hint = f" It holds {inside}." if inside else ""
@@ -386,7 +391,7 @@ def _read_file(path: Path) -> _Table:
                         f"one of {sorted(FORMATS)} (optionally .gz-compressed, except Parquet).")
     if fmt == "parquet":
         return _read_parquet(path)
-    text = _file_text(path)
+    text = _file_text(path, encoding)
     if not text.strip():
         raise DataError(f"{str(path)!r} is empty; it needs a header line and at least one text.")
     if fmt in ("csv", "tsv"):
@@ -413,14 +418,23 @@ def _sibling_hint(path: Path) -> str:
     return did_you_mean(path.name, names)
 
 
-def _file_text(path: Path) -> str:
-    """The file as text; bytes that are not UTF-8 become lone surrogates, caught per row later."""
+def _file_text(path: Path, encoding: str | None = None) -> str:
+    """The file as text. Bytes that cannot be decoded become lone surrogates, caught (and reported) per
+    row later; without ``encoding``, lines that are not UTF-8 are read as Windows-1252 first."""
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(f"Unknown encoding {encoding!r} for {str(path)!r}; use a Python codec name such as "
+                            "'utf-8', 'cp1252', 'latin-1' or 'utf-16'.") from None
     try:
         data = path.read_bytes()
         if path.suffix.lower() == ".gz":
             data = gzip.decompress(data)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"Cannot read {str(path)!r}: {exc}") from exc
+    if encoding is not None:
+        return data.decode(encoding, "surrogateescape").lstrip("\ufeff")
     if data.startswith(codecs.BOM_UTF8):
         return data[len(codecs.BOM_UTF8):].decode("utf-8", "surrogateescape")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode text" export
@@ -430,7 +444,27 @@ def _file_text(path: Path) -> str:
             raise DataError(f"{str(path)!r} starts like UTF-16 but is not ({exc}); save it as UTF-8.") from exc
     if b"\x00" in data[:1000] and data[:1000].count(b"\x00") > 100:
         raise DataError(f"{str(path)!r} looks binary (or UTF-16 without a BOM), not text; save it as UTF-8.")
-    return data.decode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _utf8_or_cp1252(path, data)
+
+
+def _utf8_or_cp1252(path: Path, data: bytes) -> str:
+    """Each line as UTF-8 when it is, else as Windows-1252 (Excel's "CSV" on Western Windows): a file
+    saved there keeps its rows instead of losing every one with an accent, and a file that mixes both
+    keeps its UTF-8 lines right. Said in a warning, with how to choose another encoding."""
+    lines, fallback = data.split(b"\n"), 0
+    for i, line in enumerate(lines):
+        try:
+            lines[i] = line.decode("utf-8")
+        except UnicodeDecodeError:
+            lines[i] = line.decode("cp1252", "surrogateescape")  # 5 bytes cp1252 leaves undefined
+            fallback += 1
+    log.warning("%s: %d of %d lines are not valid UTF-8; read them as Windows-1252. If the file is in another "
+                "encoding, pass it: encoding=... (CLI: --encoding, e.g. latin-1, cp1251, shift_jis).",
+                path, fallback, len(lines) - (lines[-1] == ""))
+    return "\n".join(lines)
 
 
 def _read_delimited(path: Path, text: str, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> _Table:

@@ -36,13 +36,79 @@ TRAIN_ARGS = "train_args.json"  # what `headstart resume` needs to restart the c
 DISTILL_ARGS = "distill_args.json"  # the same for `headstart distill`
 
 
-def prepare_out(out: str | Path | None, resume: bool, cfg: TrainConfig) -> dict | None:
+# What a run directory holds besides its weights, metadata and checkpoint: cleared when it is overwritten.
+RUN_EXTRAS = (METRICS, "predictions", "report.html", "tensorboard", "distill_state.json")
+
+
+def existing_run(out: str | Path) -> str | None:
+    """``"finished"`` (headstart.json), ``"interrupted"`` (a checkpoint to resume) or None."""
+    out = Path(out)
+    if (out / META).is_file():
+        return "finished"
+    if (out / CHECKPOINT).is_file() or (out / "distill_state.json").is_file():  # train's or distill's
+        return "interrupted"
+    return None
+
+
+def refuse_to_replace(out: str | Path, *, resume: bool, overwrite: bool, cli: bool = False) -> None:
+    """Never replace a finished run or drop an interrupted one's checkpoint unless told to.
+
+    ``cli`` words the fix as flags (``--overwrite``), else as Python keywords (``overwrite=True``).
+    """
+    state = None if resume or overwrite else existing_run(out)
+    flag = "--overwrite" if cli else "overwrite=True"
+    if state == "finished":
+        raise HeadstartError(
+            f"{str(out)!r} already holds a finished run (headstart.json); training there would replace it. "
+            f"Choose another {'--out' if cli else 'out'}, or pass {flag} to replace it.")
+    if state == "interrupted":
+        raise HeadstartError(
+            f"{str(out)!r} holds an interrupted run (its checkpoint); continue it with "
+            f"`headstart resume {out}`" + ("" if cli else " (or fit(..., resume=True))")
+            + f", or pass {flag} to discard it and start again.")
+
+
+def clear_run(out: str | Path) -> None:
+    """Remove a previous run from ``out`` (``overwrite``): its metadata first, so nothing half-replaced
+    ever looks finished, then its weights, checkpoint and everything derived from them."""
+    import shutil
+
+    out = Path(out)
+    for name in (META, WEIGHTS, CHECKPOINT) + RUN_EXTRAS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def discard_unfinished(out: str | Path, created: bool) -> None:
+    """After a failed start: no half-made run folder. Keeps anything resumable (a checkpoint) or finished;
+    removes the argument and metrics files, and the folder itself when this run created it and it is empty."""
+    out = Path(out)
+    if not out.is_dir() or existing_run(out) is not None:
+        return
+    try:
+        for name in (TRAIN_ARGS, DISTILL_ARGS, METRICS):
+            (out / name).unlink(missing_ok=True)
+        if created:
+            out.rmdir()  # only when empty: never anything the user put there
+    except OSError:  # cleaning up must never hide the error that brought us here
+        pass
+
+
+def prepare_out(out: str | Path | None, resume: bool, cfg: TrainConfig, *, overwrite: bool = False) -> dict | None:
     """Check the run directory before any training; the checkpoint to resume from, if asked."""
     if out is None:
         if resume:
             raise HeadstartError("resume=True needs out=<the run directory of the interrupted run>.")
         return None
+    if resume and overwrite:
+        raise HeadstartError("resume=True continues the run in out; overwrite=True replaces it: pass one of them.")
+    refuse_to_replace(out, resume=resume, overwrite=overwrite)
     check_writable(out)  # fail before any training, never after an hour of it
+    if overwrite:
+        clear_run(out)
     return resume_checkpoint(Path(out), cfg) if resume else None
 
 

@@ -32,6 +32,7 @@ class Columns:
     path_column: str = "path"  # image tables: the column of image paths
     text_column: str | None = None  # text tables: the column of texts
     label_column: str | None = None
+    encoding: str | None = None  # text files: None = UTF-8, Windows-1252 for lines that are not
 
 
 @dataclass

@@ -19,8 +19,10 @@ recorded duration). A WARNING is logged and saved when transfer did not beat the
 (negative transfer) or fine-tuning did not beat the linear probe.
 
 Both models are compared at the epoch with the lowest validation loss (the rule that selects the
-transfer model's weights). "NEGATIVE TRANSFER" means the transfer model is worse by more than one
-standard error of the validation accuracy; a smaller deficit or a tie gets "TRANSFER DID NOT HELP".
+transfer model's weights). The verdict pairs the two models on the same validation images
+(:mod:`headstart.modalities.verdict`): "NEGATIVE TRANSFER" when the transfer model is significantly worse
+(exact McNemar test), "TRANSFER DID NOT HELP" when it is not better and the two cannot be told apart, and
+no advice at all below 30 validation images or on a one-image difference.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import math
 import time
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +40,7 @@ from torch import nn
 from headstart.device import default_device
 from headstart.encoders.model import TransferModel
 from headstart.encoders.scratch_source import SCRATCH_INPUT, SCRATCH_WIDTHS, ScratchBody
+from headstart.modalities.verdict import Verdict, compare
 from headstart.train.distributed import LOCAL
 from headstart.train.loop import fit
 from headstart.train.optim import decays
@@ -94,15 +98,18 @@ def crop_flip(batch: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch_size: int = 256) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a validation split."""
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device,
+              batch_size: int = 256) -> tuple[float, float, torch.Tensor]:
+    """(mean cross-entropy, accuracy, per-example correctness) on a validation split."""
     model.eval()
-    correct, loss = 0, 0.0
+    loss, right = 0.0, []
     for i in range(0, len(x), batch_size):
         logits = model(x[i:i + batch_size].to(device)).float().cpu()
         loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
-    return loss / max(len(y), 1), correct / max(len(y), 1)
+        right.append(logits.argmax(1) == y[i:i + batch_size])
+    right = torch.cat(right) if right else torch.zeros(0, dtype=torch.bool)
+    return loss / max(len(y), 1), float(right.float().mean()) if len(right) else 0.0, right
 
 
 def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_seconds: float, *, seed: int = 0,
@@ -154,11 +161,11 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
             loss.backward()
             opt.step()
             step += 1
-        loss, acc = _evaluate(model, xv, y_val, device)
+        loss, acc, right = _evaluate(model, xv, y_val, device)
         elapsed = time.perf_counter() - t_start
         curve.append([round(elapsed, 2), round(acc, 5)])
         if best is None or (-loss, acc) > best:  # the transfer run's rule: best validation loss
-            best, best_acc = (-loss, acc), acc
+            best, best_acc, best_right = (-loss, acc), acc, right
         if warm_end is None:
             warm_end = elapsed
         per_epoch = elapsed / epoch
@@ -168,7 +175,7 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
     return {"architecture": "ScratchNet (ResNet-style, 4 residual blocks, 16-128 channels)", "params": params,
             "input_size": size, "epochs": epoch, "seconds": round(time.perf_counter() - t_start, 2),
             "val_acc": round(best_acc, 5), "best_val_acc": max(a for _, a in curve), "final_val_acc": curve[-1][1],
-            "curve": curve}
+            "curve": curve, "val_correct": best_right.numpy()}  # popped by the caller: not for the JSON
 
 
 def _phase_times(history) -> list[float]:
@@ -229,9 +236,13 @@ class Baselines:
             "linear_probe": lp, "scratch": scratch, "simple": "scratch",
         }
         report["compute_saved"] = _compute_saved(history, transfer_acc, scratch)
-        report["warnings"] = self._warnings(transfer_acc, lp, scratch, len(data.x_val))
+        verdict = compare(val_correct(clf.model_, data.x_val, data.y_val), scratch.pop("val_correct"))
+        report["verdict"] = verdict.to_dict()
+        report["warnings"] = self._warnings(transfer_acc, lp, scratch, verdict)
         for w in report["warnings"]:
             log.warning("%s", w)
+        if verdict.outcome == "too few to tell":
+            log.info("baselines: %s", verdict.why)
         report["seconds"] = round(time.perf_counter() - t0, 2)
         return report
 
@@ -255,26 +266,35 @@ class Baselines:
                 "source": "trained on cached features of the pretrained weights",
                 "seconds": round(time.perf_counter() - t0, 2)}
 
-    def _warnings(self, transfer_acc, lp, scratch, n_val: int) -> list[str]:
+    def _warnings(self, transfer_acc, lp, scratch, verdict: Verdict) -> list[str]:
+        """Advice only where the paired comparison supports it: never on too few examples or one
+        example's difference (see :mod:`headstart.modalities.verdict`)."""
         out = []
-        if transfer_acc is None:
+        if transfer_acc is None or verdict.outcome == "too few to tell":
             return out
-        sc = scratch["val_acc"]
-        se = math.sqrt(max(sc * (1 - sc), 1e-12) / max(n_val, 1))  # binomial, on n_val images
-        versus = (f"a small model trained from scratch on the same split for {scratch['seconds']:.0f}s "
-                  f"({sc:.4f}, {n_val} validation images, standard error {se:.3f})")
-        if transfer_acc < sc - se:
-            out.append(f"NEGATIVE TRANSFER: the transfer model's validation accuracy ({transfer_acc:.4f}) is below "
-                       f"that of {versus}. The pretrained weights hurt on this data; try another backbone "
-                       "(`headstart rank`), or train from scratch.")
-        elif transfer_acc <= sc:
-            out.append(f"TRANSFER DID NOT HELP: the transfer model's validation accuracy ({transfer_acc:.4f}) is not "
-                       f"above that of {versus}. A model trained from scratch is as good here.")
+        versus = f"a small model trained from scratch on the same split for {scratch['seconds']:.0f}s"
+        if verdict.outcome == "worse":
+            out.append(f"NEGATIVE TRANSFER: the transfer model is worse than {versus} ({verdict.why}). The "
+                       "pretrained weights hurt on this data; try another backbone (`headstart rank`), or train "
+                       "from scratch.")
+        elif verdict.outcome == "no difference" and verdict.difference <= 0:
+            out.append(f"TRANSFER DID NOT HELP: the transfer model is not better than {versus} ({verdict.why}). "
+                       "A model trained from scratch is as good here.")
         if self.finetunes and lp.get("val_acc") is not None and transfer_acc <= lp["val_acc"]:
             out.append(f"Fine-tuning did not beat the linear probe (validation accuracy {transfer_acc:.4f} vs "
                        f"{lp['val_acc']:.4f}): the extra training bought nothing; `--strategy linear-probe` "
                        "is as good and cheaper.")
         return out
+
+
+@torch.no_grad()
+def val_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Per-example correctness of a fitted model on encoded validation inputs (fp32, eval mode)."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    _, _, right = _evaluate(model, x, y, device, batch_size)
+    model.train(was_training)
+    return right.numpy()
 
 
 def _compute_saved(history, transfer_acc, scratch) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class TextModality:
     def read(self, source, y: Sequence | None = None, *, columns: Columns = Columns(),
              purpose: str = "predict") -> TextExamples:
         ex = load_texts(source, y, text_column=columns.text_column, label_column=columns.label_column,
-                        require_labels=purpose != "predict")
+                        require_labels=purpose != "predict", encoding=columns.encoding)
         if purpose == "train" and ex.skipped:  # one summary line; every row is listed in headstart.json
             log.warning("%s", ex.skipped_summary())
         return ex

@@ -6,8 +6,15 @@ strength picked by 5-fold cross-validation on the training texts only.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Sequence
+
+import numpy as np
+
+from headstart.modalities.verdict import compare
+
+log = logging.getLogger("headstart")
 
 
 def tfidf_pipeline(seed: int = 0):
@@ -42,20 +49,29 @@ def tfidf_baseline(train, val, seed: int = 0) -> dict[str, Any]:
     return {"val_acc": round(float(accuracy_score(truth, pred)), 5),
             "val_macro_f1": round(float(f1_score(truth, pred, average="macro")), 5),
             "seconds": round(time.perf_counter() - t0, 2),
-            "what": "TF-IDF (word 1-2 grams, sublinear tf) + logistic regression, C by 5-fold CV"}
+            "what": "TF-IDF (word 1-2 grams, sublinear tf) + logistic regression, C by 5-fold CV",
+            "val_correct": np.asarray(pred) == np.asarray(truth)}  # popped by the caller: not for the JSON
 
 
 def text_baselines(clf, train, val) -> dict[str, Any]:
     """The comparison saved with every text run: transfer vs its linear probe vs TF-IDF, on ``val``."""
     tfidf = tfidf_baseline(train, val, seed=clf.fitted_config_.seed)
+    simple_right = tfidf.pop("val_correct")
     transfer = clf.final_metrics_().get("val_acc")
     head = [r for r in clf.history_.epochs if r.get("phase") == "head" and r.get("best")]
     probe = head[-1]["val_acc"] if head else None
+    # Paired on the same texts: the transfer model's predictions on the rows it could encode.
+    pred = clf.predict_examples(val, raw=True)
+    truth = np.asarray([str(val.labels[i]) for i in pred.index])
+    transfer_right = np.asarray([str(clf.classes_[k]) for k in pred.probs.argmax(1)]) == truth
+    verdict = compare(transfer_right, simple_right[pred.index])
     warnings = []
-    if transfer is not None and transfer < tfidf["val_acc"]:
+    if transfer is not None and verdict.outcome in ("worse", "no difference") and verdict.difference <= 0:
+        what = "is worse than" if verdict.outcome == "worse" else "is not better than"
         warnings.append(
-            f"transfer did not help: {clf.backbone} reached {transfer:.4f} validation accuracy, TF-IDF + logistic "
-            f"regression {tfidf['val_acc']:.4f} on the same texts. Try another backbone, fine-tuning "
-            "(--strategy two-stage), or the TF-IDF model itself.")
+            f"transfer did not help: {clf.backbone} {what} TF-IDF + logistic regression on the same texts "
+            f"({verdict.why}). Try another backbone, fine-tuning (--strategy two-stage), or the TF-IDF model itself.")
+    elif verdict.outcome == "too few to tell":
+        log.info("baselines: %s", verdict.why)
     return {"n_val": len(val), "transfer": {"val_acc": transfer}, "linear_probe": {"val_acc": probe},
-            "tfidf_logreg": tfidf, "simple": "tfidf_logreg", "warnings": warnings}
+            "tfidf_logreg": tfidf, "simple": "tfidf_logreg", "verdict": verdict.to_dict(), "warnings": warnings}

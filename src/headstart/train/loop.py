@@ -36,6 +36,7 @@ from headstart.train.callbacks import (
     load_checkpoint,
 )
 from headstart.train.distributed import make_accelerator
+from headstart.train.interrupt import check_stop
 from headstart.train.objectives import Batch, Objective
 from headstart.train.optim import adamw, head_groups, make_scheduler
 from headstart.train.strategies import Phase, apply_freeze, param_groups, plan_phases
@@ -278,6 +279,7 @@ def _epoch(module, loader, optimizer, scheduler, objective: Objective, phase: Ph
     """One pass over the training batches: (summed loss, correct, examples) over every process."""
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y, *extra in loader:
+        check_stop()  # a Ctrl-C whose KeyboardInterrupt was swallowed still stops here
         batch = Batch(augment(x) if augment is not None else x, y, dict(zip(names, extra)))
         out = objective.loss(module, batch, phase=phase)
         accel.backward(out.loss)
