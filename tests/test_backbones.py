@@ -99,3 +99,21 @@ def test_file_backbone_without_config_says_what_to_write(tmp_path):
 def test_list_backbones_reports_offline_availability():
     rows = {r["spec"]: r for r in list_backbones()}
     assert rows["timm:tf_efficientnet_lite0"]["offline"] is True
+
+
+def test_an_unreachable_hub_fails_in_seconds_with_the_offline_backbones():
+    """Without a network huggingface_hub retried each file 5 times: `timm:resnet18` took 54 s to fail."""
+    import time
+
+    from headstart.encoders import get_backbone
+    from headstart.encoders.hub import hub_reachable
+    from headstart.errors import BackboneError
+
+    if hub_reachable():
+        pytest.skip("the Hugging Face Hub is reachable here: the weights would download")
+    t0 = time.perf_counter()
+    with pytest.raises(BackboneError, match=r"cannot be reached.*Offline now: timm:tf_efficientnet_lite0"):
+        get_backbone("timm:resnet18")
+    assert time.perf_counter() - t0 < 20
+    # Listing the stages needs the architecture, not the weights.
+    assert get_backbone("timm:resnet18", pretrained=False).stages

@@ -99,3 +99,42 @@ def test_predict_output_is_what_its_suffix_says(image_folder, tmp_path):
     assert header.split("\t")[:2] == ["path", "label"] and first.split("\t")[0] == str(img)
     run("predict", out, img, "--output", tmp_path / "p.jsonl")
     assert json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["path"] == str(img)
+
+
+def test_a_log_file_gets_a_line_per_epoch_and_what_ran_and_why(image_folder, tmp_path):
+    """stderr to a file: no progress bar that renders only at the end; each epoch a line as it ends."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    with open(tmp_path / "train.log", "w") as log:
+        subprocess.run([*HS, "train", str(image_folder), "--backbone", TINY, "--random-init", "--out", str(out),
+                        "--strategy", "linear-probe", "--head-epochs", "1", "--head-min-steps", "6",
+                        "--batch-size", "4", "--no-baselines"], stderr=log, stdout=subprocess.DEVNULL, env=env,
+                       check=True)
+    text = (tmp_path / "train.log").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("head epoch ")]
+    assert len(lines) == 6 and lines[0].startswith("head epoch 1/6: loss") and "elapsed" in lines[0]
+    assert "0:0…" not in text
+    # head_epochs=1 ran 6 epochs because head_min_steps won: said on the console and kept in the run.
+    assert "head: 6 epochs instead of 1: head_min_steps=6" in text
+    phase = json.loads((out / "headstart.json").read_text())["history"]["phases"][0]
+    assert phase["epochs_asked"] == 1 and phase["epochs_planned"] == 6 and "head_min_steps=6" in phase["epochs_why"]
+
+
+def test_auto_prints_the_plan_it_follows_before_training(image_folder, tmp_path):
+    p = run("train", image_folder, "--backbone", TINY, "--random-init", "--out", tmp_path / "run", "--strategy",
+            "auto", "--epochs", "1", "--head-epochs", "1", "--head-min-steps", "0", "--no-baselines")
+    plan = [ln for ln in p.stderr.splitlines() if ln.startswith("plan: following --strategy")]
+    assert len(plan) == 1 and "--freeze-stages" in plan[0] and "parameters left" in plan[0]
+    first_epoch = next(i for i, ln in enumerate(p.stderr.splitlines()) if " epoch 1/" in ln)
+    assert p.stderr.splitlines().index(plan[0]) < first_epoch  # before training, not after
+
+
+def test_the_wrong_kind_of_data_names_the_right_kind_of_backbone(image_folder, tmp_path):
+    (tmp_path / "t.csv").write_text("text,label\nhello there,a\nbye now,b\n")
+    img = next((image_folder / "dark").iterdir())
+    for data, backbone, message in [(image_folder, "vectors:glove-6b-50d", "It holds images, but this backbone reads texts"),
+                                    (img, "vectors:glove-6b-50d", "is an image, but this backbone (or run) reads texts"),
+                                    (tmp_path / "t.csv", TINY, "It looks like a table of texts: texts need a text backbone")]:
+        p = run("train", data, "--backbone", backbone, "--out", tmp_path / "r", check=False)
+        assert p.returncode == 2 and message in " ".join(p.stderr.split()), p.stderr
+        assert not (tmp_path / "r").exists()

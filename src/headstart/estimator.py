@@ -261,6 +261,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 log.info("plan: %s", reason)
         if cfg.cut_stage is not None:
             backbone = truncate_backbone(backbone, cfg.cut_stage)
+        if self.plan_ is not None:  # what auto follows, before any training (the CLI prints it)
+            cut = "" if cfg.cut_stage is None else f" --cut-stage {cfg.cut_stage}"
+            log.info("plan: following --strategy %s --freeze-stages %s --backbone-lr-ratio %g%s; backbone %s "
+                     "parameters left", cfg.strategy, cfg.freeze_stages, cfg.backbone_lr_ratio, cut,
+                     f"{backbone.num_params:,}")
         return cfg, backbone
 
     def _encode(self, modality: Modality, backbone, labelled, train_ex, val_ex, validation, cfg: TrainConfig):

@@ -157,7 +157,8 @@ def _run_train(args: dict, resume: bool, quiet: bool, overwrite: bool = False) -
         write_json(out / TRAIN_ARGS, args)
     console = render.console()
     try:
-        with _interruptible(out, console), EpochProgress(console, quiet) as progress:
+        with _interruptible(out, console), render.show_logs(console, quiet), \
+                EpochProgress(console, quiet) as progress:
             clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
     except BaseException:  # a failed start leaves no half-made run folder (a checkpoint is kept for resume)
         if main:
@@ -312,7 +313,8 @@ def backbones(
         from headstart.encoders import get_backbone
         from headstart.encoders.cut import stage_summary
 
-        bb = get_backbone(stages)
+        # Stages are the architecture's: no need to download timm weights to list them.
+        bb = get_backbone(stages, pretrained=False) if stages.startswith("timm:") else get_backbone(stages)
         if as_json:
             if bb.modality == "text":
                 params = dict(bb.module.named_parameters())
@@ -519,7 +521,8 @@ def _run_distill(args: dict, resume: bool, quiet: bool, overwrite: bool = False)
     student = settings.pop("student")
     console = render.console()
     try:
-        with _interruptible(out, console), EpochProgress(console, quiet) as progress:
+        with _interruptible(out, console), render.show_logs(console, quiet), \
+                EpochProgress(console, quiet) as progress:
             result = teacher.distill(student, data=args["data"], validation=args["val"], unlabeled=args["unlabeled"],
                                      out=out, progress=progress, resume=resume, **settings, **args["options"])
     except BaseException:

@@ -53,20 +53,22 @@ def run_demo(per_class: int = 100, test_limit: int = 0, out: Path = Path("runs/d
         with EpochProgress(console, quiet=False) as progress:
             # The demo owns OUT/linear-probe and OUT/two-stage: running it again redoes both.
             clf.fit(x_train[idx], names, out=Path(out) / strategy, progress=progress, overwrite=True)
-        fit_s = time.perf_counter() - t0
+        fit_s = clf.fit_seconds_  # reading, encoding and training; not the baselines' own budget
+        baseline_s = (clf.baselines_ or {}).get("seconds") or 0.0
         print_baselines(console, clf.run_.meta.get("baselines"))
         # The test pass goes through the report: one prediction pass gives the figures and report.html.
         path, summary = write_report(Path(out) / strategy, x_test, test_labels=test_names)
         report = summary["metrics"]
         total = time.perf_counter() - t0
         results[strategy] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-                             "fit_seconds": round(fit_s, 1), "total_seconds": round(total, 1)}
-        console.print(f"{strategy}: test accuracy {report['accuracy']:.4f}, fit {fit_s:.0f}s, "
-                      f"fit + test {total:.0f}s; report: {path}")
-    table = Table("strategy", "test accuracy", "macro-F1", "fit time", "fit + test time",
+                             "fit_seconds": round(fit_s, 1), "baseline_seconds": round(baseline_s, 1),
+                             "total_seconds": round(total, 1)}
+        console.print(f"{strategy}: test accuracy {report['accuracy']:.4f}, fit {fit_s:.0f}s, baselines "
+                      f"{baseline_s:.0f}s, all with the test pass {total:.0f}s; report: {path}")
+    table = Table("strategy", "test accuracy", "macro-F1", "fit time", "baselines", "total with test",
                   title=f"Lite0 on Fashion-MNIST, {per_class} labels/class, {len(x_test)} test images")
     for name, r in results.items():
         table.add_row(name, f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", f"{r['fit_seconds']:.0f}s",
-                      f"{r['total_seconds']:.0f}s")
+                      f"{r['baseline_seconds']:.0f}s", f"{r['total_seconds']:.0f}s")
     console.print(table)
     return results

@@ -4,6 +4,7 @@ Renderers read the fitted estimator or the typed run; the demo uses these same p
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,35 @@ def console(stderr: bool = True):
     stream = sys.stderr if stderr else sys.stdout
     piped = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
     return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
+
+
+@contextlib.contextmanager
+def show_logs(console, quiet: bool):
+    """headstart's log lines on ``console`` while a command runs: what ``auto`` plans, what the baselines
+    train, what distillation tries (INFO), and every warning; only warnings with ``--quiet``."""
+    import logging
+
+    from rich.markup import escape
+
+    class _ToConsole(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                prefix = "[yellow]warning:[/yellow] " if record.levelno >= logging.WARNING else ""
+                console.print(prefix + escape(record.getMessage()), highlight=False, soft_wrap=True)
+            except Exception:  # noqa: BLE001 - logging must never break the run
+                self.handleError(record)
+
+    logger = logging.getLogger("headstart")
+    handler = _ToConsole(logging.WARNING if quiet else logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    if not quiet and (level == logging.NOTSET or level > logging.INFO):
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def print_fit_summary(console, run, fit_seconds: float) -> None:

@@ -196,9 +196,13 @@ def from_csv(path: Path, *, path_column: str = "path", label_column: str | None 
     wanted = [path_column] + ([label_column] if label_column else [])
     missing = [c for c in wanted if c not in columns]
     if missing:
+        texts = missing[0] == path_column and any(c.strip().lower() in ("text", "sentence", "review", "body")
+                                                  for c in columns)
+        hint = (" It looks like a table of texts: texts need a text backbone, e.g. --backbone hf:all-minilm-l6-v2 "
+                "or vectors:glove-6b-50d (`headstart backbones`)." if texts else "")
         raise DataError(
             f"CSV file {str(path)!r} has no column {missing[0]!r}; its columns are {columns}. "
-            f"Choose columns with --path-column / --label-column."
+            f"Choose columns with --path-column / --label-column.{hint}"
         )
     items, labels, absent = [], [], []
     for line, row in enumerate(rows, start=2):

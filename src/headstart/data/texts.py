@@ -33,6 +33,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
+from headstart.data.sources import IMAGE_SUFFIXES
 from headstart.errors import DataError, did_you_mean
 
 log = logging.getLogger("headstart")
@@ -381,11 +382,17 @@ def _read_file(path: Path, encoding: str | None = None) -> _Table:
     if path.is_dir():
         inside = sorted(p.name for p in path.iterdir() if _format_of(p))[:5]
         hint = f" It holds {inside}." if inside else ""
+        if not inside and _holds_images(path):
+            hint = (" It holds images, but this backbone reads texts: for images use an image backbone, e.g. "
+                    "--backbone timm:tf_efficientnet_lite0 (`headstart backbones`).")
         raise DataError(f"{str(path)!r} is a folder; pass one data file (.csv, .tsv, .jsonl, .json, "
                         f".parquet or .txt).{hint}")
     if not _exists(path):
         raise DataError(f"{str(path)!r} does not exist." + _sibling_hint(path))
     fmt = _format_of(path)
+    if fmt is None and path.suffix.lower() in IMAGE_SUFFIXES:
+        raise DataError(f"{str(path)!r} is an image, but this backbone (or run) reads texts: for images use an "
+                        "image backbone, e.g. --backbone timm:tf_efficientnet_lite0 (`headstart backbones`).")
     if fmt is None:
         raise DataError(f"Cannot read {str(path)!r}: unknown suffix {path.suffix!r}. Text data must be "
                         f"one of {sorted(FORMATS)} (optionally .gz-compressed, except Parquet).")
@@ -399,6 +406,16 @@ def _read_file(path: Path, encoding: str | None = None) -> _Table:
     if fmt == "txt":
         return _read_txt(path, text)
     return _read_json(path, text) if fmt == "json" else _read_jsonl(path, text)
+
+
+def _holds_images(folder: Path, limit: int = 200) -> bool:
+    """An image folder (flat, or one subfolder per class) rather than text files: checks a few entries."""
+    for i, p in enumerate(folder.rglob("*")):
+        if i >= limit:
+            return False
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            return True
+    return False
 
 
 def _format_of(path: Path) -> str | None:

@@ -7,6 +7,7 @@ read from its ``modules.json``, ``1_Pooling/config.json`` and ``sentence_bert_co
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from dataclasses import dataclass
@@ -65,14 +66,20 @@ def build_hf(name: str, *, pooling: str | None = None, max_length: int | None = 
 
     hf_logging.disable_progress_bar()  # our own progress display; no per-tensor loading bars
 
+    from headstart.encoders.hub import hub_or_cache, offline_alternatives
+
     where, note = resolve(name)
+    local = Path(where).is_dir()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModel.from_pretrained(where)
+        with contextlib.nullcontext(True) if local else hub_or_cache() as online:
+            tokenizer = AutoTokenizer.from_pretrained(where)
+            model = AutoModel.from_pretrained(where)
     except (OSError, ValueError) as exc:
+        unreachable = "" if local or online else " (the Hugging Face Hub cannot be reached, and it is not cached)"
         raise BackboneError(
-            f"Cannot load the Hugging Face model hf:{name} ({note}): {exc}. Offline, pass a local directory "
-            f"(hf:/path/to/model) or a packaged short name: {sorted(PACKAGED_TEXT)}.") from exc
+            f"Cannot load the Hugging Face model hf:{name} ({note}){unreachable}: {exc}. Offline, pass a local "
+            f"directory (hf:/path/to/model) or a packaged short name: {sorted(PACKAGED_TEXT)}."
+            + offline_alternatives("text")) from exc
     st = sentence_transformers_config(where)
     pooling = pooling or st.get("pooling") or "mean"
     limit = getattr(model.config, "max_position_embeddings", None) or 512

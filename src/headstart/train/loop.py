@@ -195,6 +195,13 @@ def _head_on_features(model, backbone, data, cfg, phase, state: FitState, precis
     # Patience counts epochs, and a small dataset makes an epoch one or two steps, still in warmup:
     # give the head at least a fifth of its minimum steps to improve before stopping early.
     patience = max(cfg.patience, math.ceil(cfg.head_min_steps / 5 / steps_per_epoch))
+    # Say what will run when it is not what was asked: head_epochs=5 with head_min_steps=500 runs 500.
+    info["epochs_asked"], info["epochs_planned"] = phase.epochs, epochs
+    if epochs > phase.epochs:
+        info["epochs_why"] = (f"head_min_steps={cfg.head_min_steps} at {steps_per_epoch} step(s) per epoch "
+                              f"(batch {batch_size}) needs {epochs} epochs; patience {patience}")
+        log.info("%s: %d epochs instead of %d: %s (CLI: --head-min-steps)", phase.name, epochs, phase.epochs,
+                 info["epochs_why"])
     val = (feats["val"], data.y_val) if "val" in feats else None
     return PhaseInputs(model.head, feats["train"], val, batch_size, epochs, patience, head_groups(model.head, cfg),
                        info=info)
