@@ -206,6 +206,27 @@ def test_distil_save_load_predict_evaluate(teacher_run):
     assert not (teacher_run / "student" / "checkpoint.pt").exists()
 
 
+def test_the_student_exports_like_any_run(teacher_run, tmp_path):
+    """A normal run in every way: the scratch:tiny student exports to ONNX and the graph predicts as it does."""
+    import onnxruntime as ort
+
+    from headstart import load
+    from headstart.data import as_examples, decode_all
+    from headstart.export import export
+
+    teacher = load(teacher_run / "teacher")
+    teacher.distill("scratch:tiny", out=tmp_path / "student", epochs=2, temperature=2.0, alpha=0.5, views=1,
+                    compare=False)
+    result = export(tmp_path / "student", tmp_path / "s.onnx", data=str(teacher_run / "data"), parity_inputs=100)
+    assert result.report["parity"]["passed"]
+    student = load(tmp_path / "student")
+    px = decode_all(as_examples(str(teacher_run / "data")), student.preprocess_).pixels.numpy()
+    assert px.shape[-1] == 32  # the student's own input size, not the teacher's
+    session = ort.InferenceSession(str(result.model), providers=["CPUExecutionProvider"])
+    probs = session.run(["probabilities"], {"images": px})[0]
+    np.testing.assert_allclose(probs, student.predict_proba(str(teacher_run / "data")), atol=1e-4)
+
+
 def test_t_and_alpha_are_chosen_on_validation_when_not_given(teacher_run, tmp_path):
     from headstart import load
 
