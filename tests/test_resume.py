@@ -249,3 +249,11 @@ def test_default_out_is_a_fresh_folder_per_run(folder, tmp_path):
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all(r.name.startswith("run-") and (r / "headstart.json").is_file() for r in runs)
     assert runs[-1].name in p.stderr  # the summary says where the run went
+
+
+def test_resume_of_a_finished_run_names_overwrite_not_dropping_resume(folder, tmp_path):
+    run = tmp_path / "run"
+    subprocess.run(_cli("train", folder, "--out", run, *QUICK), check=True, capture_output=True)
+    p = subprocess.run(_cli("resume", run), capture_output=True, text=True, env=WIDE)
+    assert p.returncode == 2 and "already finished" in p.stderr and "--overwrite" in p.stderr
+    assert "without --resume" not in p.stderr

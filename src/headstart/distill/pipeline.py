@@ -319,7 +319,8 @@ class _State:
         if resume:
             if not self.path.is_file():
                 raise HeadstartError(f"Nothing to resume in {str(self.path.parent)!r}: no {STATE} (the "
-                                     "distillation never finished its first stage). Start it again without --resume.")
+                                     "distillation never finished its first stage). Start it again with "
+                                     "`headstart distill` and the same options.")
             saved = json.loads(self.path.read_text())
             if saved.get("key") != self.key:
                 raise HeadstartError(f"Cannot resume {str(self.path.parent)!r} with different distillation or "

@@ -127,9 +127,11 @@ def resume_checkpoint(out: Path, cfg: TrainConfig) -> dict:
     if not path.is_file():
         done = (out / "headstart.json").is_file()
         raise HeadstartError(
-            f"Nothing to resume in {str(out)!r}: " + ("the run already finished." if done else
-                                                     "no checkpoint.pt (the run never finished an epoch).")
-            + " Start it again without --resume.")
+            f"Nothing to resume in {str(out)!r}: " + (
+                "the run already finished. To train it again, run the same `headstart train` command with "
+                "--overwrite (Python: fit(..., overwrite=True))." if done else
+                "no checkpoint.pt (the run never finished an epoch). Start it again with `headstart train` and "
+                "the same options (Python: fit(...))."))
     ckpt = load_checkpoint(path)
     planned = {"strategy", "freeze_stages", "backbone_lr_ratio", "cut_stage"} if cfg.strategy == "auto" else set()
     planned |= {"baselines", "baseline_seconds"}  # run after training: they never change its course

@@ -131,7 +131,7 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
     if resume is not None and resume.get("data_sha256") and resume["data_sha256"] != state.data_sha256:
         raise HeadstartError(
             "Cannot resume: the training images differ from those of the interrupted run (their hash "
-            "changed). Resume with the same data, or start a new run without --resume.")
+            "changed). Resume with the same data, or train the new data into another --out (or --overwrite).")
     model.train_bn = cfg.train_bn
     if cfg.train_bn and accel.num_processes > 1:
         log.warning("train_bn=True under %d processes: DDP hands every process the main process's BatchNorm "
