@@ -131,13 +131,7 @@ def _config_of(args: dict) -> TrainConfig:
 
 def _run_train(args: dict, resume: bool, quiet: bool, overwrite: bool = False) -> None:
     from headstart.estimator import TransferClassifier
-    from headstart.io.run import (
-        TRAIN_ARGS,
-        clear_run,
-        discard_unfinished,
-        refuse_to_replace,
-    )
-    from headstart.storage import check_writable, write_json
+    from headstart.io.run import TRAIN_ARGS
     from headstart.train.distributed import is_main_process
 
     cfg = _config_of(args)
@@ -147,23 +141,11 @@ def _run_train(args: dict, resume: bool, quiet: bool, overwrite: bool = False) -
                              path_column=args.get("path_column", "path"), text_column=args.get("text_column"),
                              label_column=args.get("label_column"), encoding=args.get("encoding"),
                              pooling=args.get("pooling"), max_length=args.get("max_length"))
-    refuse_to_replace(out, resume=resume, overwrite=overwrite, cli=True)
-    created = not out.exists()
-    check_writable(out)
-    main = is_main_process()
-    if overwrite and main:
-        clear_run(out)  # before train_args.json is written: that one is this run's
-    if not resume and main:  # one writer when several processes train
-        write_json(out / TRAIN_ARGS, args)
+    main = is_main_process()  # one writer when several processes train
     console = render.console()
-    try:
-        with _interruptible(out, console), render.show_logs(console, quiet), \
-                EpochProgress(console, quiet) as progress:
-            clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
-    except BaseException:  # a failed start leaves no half-made run folder (a checkpoint is kept for resume)
-        if main:
-            discard_unfinished(out, created)
-        raise
+    with _run_folder(out, TRAIN_ARGS, args, resume=resume, overwrite=overwrite, main=main), \
+            _interruptible(out, console), render.show_logs(console, quiet), EpochProgress(console, quiet) as progress:
+        clf.fit(args["data"], validation=args.get("val"), out=out, progress=progress, resume=resume)
     if clf.run_ is None:  # the main process saved the run; the others have nothing to report
         return
     render.print_fit_summary(console, clf.run_, clf.fit_seconds_)
@@ -316,12 +298,7 @@ def backbones(
         # Stages are the architecture's: no need to download timm weights to list them.
         bb = get_backbone(stages, pretrained=False) if stages.startswith("timm:") else get_backbone(stages)
         if as_json:
-            if bb.modality == "text":
-                params = dict(bb.module.named_parameters())
-                rows = [{"index": i, "name": s.name, "params": sum(params[n].numel() for n in s.param_names)}
-                        for i, s in enumerate(bb.stages)]
-            else:
-                rows = stage_summary(bb.module, bb.stages)
+            rows = render.text_stage_rows(bb) if bb.modality == "text" else stage_summary(bb.module, bb.stages)
             print(json.dumps({"spec": bb.spec, "modality": bb.modality, "num_features": bb.num_features,
                               "stages": rows}, indent=2))
             return
@@ -500,34 +477,17 @@ def distill(
 
 def _run_distill(args: dict, resume: bool, quiet: bool, overwrite: bool = False) -> None:
     from headstart.estimator import load
-    from headstart.io.run import (
-        DISTILL_ARGS,
-        clear_run,
-        discard_unfinished,
-        refuse_to_replace,
-    )
-    from headstart.storage import check_writable, write_json
+    from headstart.io.run import DISTILL_ARGS
 
     out = Path(args["out"])
-    refuse_to_replace(out, resume=resume, overwrite=overwrite, cli=True)
-    created = not out.exists()
-    check_writable(out)
-    teacher = load(args["run"])
-    if overwrite:
-        clear_run(out)
-    if not resume:
-        write_json(out / DISTILL_ARGS, args)
     settings = dict(args["settings"])
     student = settings.pop("student")
     console = render.console()
-    try:
-        with _interruptible(out, console), render.show_logs(console, quiet), \
-                EpochProgress(console, quiet) as progress:
-            result = teacher.distill(student, data=args["data"], validation=args["val"], unlabeled=args["unlabeled"],
-                                     out=out, progress=progress, resume=resume, **settings, **args["options"])
-    except BaseException:
-        discard_unfinished(out, created)
-        raise
+    with _run_folder(out, DISTILL_ARGS, args, resume=resume, overwrite=overwrite), \
+            _interruptible(out, console), render.show_logs(console, quiet), EpochProgress(console, quiet) as progress:
+        teacher = load(args["run"])
+        result = teacher.distill(student, data=args["data"], validation=args["val"], unlabeled=args["unlabeled"],
+                                 out=out, progress=progress, resume=resume, **settings, **args["options"])
     render.print_fit_summary(console, result.run_, result.fit_seconds_)
     render.print_distillation(console, result.run_)
 
@@ -610,6 +570,30 @@ def demo(
     from headstart.cli.demo import run_demo
 
     run_demo(per_class=per_class, test_limit=test_limit, out=out)
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, args_file: str, args: dict, *, resume: bool, overwrite: bool, main: bool = True):
+    """The --out folder of `train` / `distill`: a finished or interrupted run there is refused unless
+    --overwrite (which clears it), the command's arguments are saved for `headstart resume`, and a start
+    that fails before anything resumable exists leaves no half-made folder behind."""
+    from headstart.io.run import clear_run, discard_unfinished, refuse_to_replace
+    from headstart.storage import check_writable, write_json
+
+    refuse_to_replace(out, resume=resume, overwrite=overwrite, cli=True)
+    created = not out.exists()
+    check_writable(out)
+    if main:
+        if overwrite:
+            clear_run(out)  # before the arguments are written: those are this run's
+        if not resume:
+            write_json(out / args_file, args)
+    try:
+        yield
+    except BaseException:  # a checkpoint or finished stages are kept for resume
+        if main:
+            discard_unfinished(out, created)
+        raise
 
 
 @contextlib.contextmanager

@@ -155,14 +155,20 @@ def print_report(report: dict) -> None:
     out.print(cm)
 
 
+def text_stage_rows(bb) -> list[dict]:
+    """Index, name and parameter count of each stage of a text backbone (`backbones --stages`)."""
+    params = dict(bb.module.named_parameters())
+    return [{"index": i, "name": s.name, "params": sum(params[n].numel() for n in s.param_names)}
+            for i, s in enumerate(bb.stages)]
+
+
 def print_text_stages(console, bb) -> None:
     from rich.table import Table
 
     t = Table("#", "stage", "params", title=f"{bb.spec}: {bb.num_features} features, up to "
               f"{bb.preprocess.max_length} tokens, {bb.preprocess.pooling} pooling")
-    params = dict(bb.module.named_parameters())
-    for i, s in enumerate(bb.stages):
-        t.add_row(str(i), s.name, f"{sum(params[n].numel() for n in s.param_names):,}")
+    for r in text_stage_rows(bb):
+        t.add_row(str(r["index"]), r["name"], f"{r['params']:,}")
     console.print(t)
     console.print("--freeze-stages K freezes stages 0..K-1 (embeddings first).")
 
