@@ -134,8 +134,10 @@ def test_text_runs_export_with_their_tokenizer(tmp_path):
     words = "great loved wonderful terrible hated awful movie film the it was a".split()
     root = tmp_path / "bert"
     root.mkdir()
-    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5 ignores vocab_file= (every word would be [UNK]): pass the table itself
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(root)
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(root)

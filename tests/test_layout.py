@@ -18,6 +18,7 @@ LAYERS = [
     ("headstart.features",),  # CPU fast path, feature and prefix caches
     ("headstart.train",),  # the loop, strategies, objectives, callbacks, distributed state
     ("headstart.modalities",),  # what differs between images and texts, their baselines included
+    ("headstart.candidates",),  # auto keeps the better model: transfer, the simple one(s), the hybrid
     ("headstart.assess",),  # metrics, transferability, rank, plan
     ("headstart.io",),  # the saved run
     ("headstart.track",),  # experiment tracking callbacks (TensorBoard, MLflow)

@@ -170,8 +170,9 @@ def test_profile_and_auto_strategy_end_to_end(tiny_data, tmp_path):
     from headstart import TransferClassifier, load
 
     x, y = tiny_data
+    # baselines off: the plan alone (with them, auto may keep the from-scratch net instead: test_candidates.py)
     clf = TransferClassifier("timm:test_efficientnet", strategy="auto", pretrained=False, epochs=1, head_epochs=2,
-                             head_min_steps=0, precision="fp32")
+                             head_min_steps=0, precision="fp32", baselines=False)
     clf.fit(x, y, out=tmp_path / "run")
     assert len(clf.profile_) == 6 and all(0 <= r.domain_distance <= 2 for r in clf.profile_)
     assert clf.plan_.strategy == "linear-probe"  # 12 labels per class: too few to fine-tune

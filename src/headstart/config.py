@@ -11,6 +11,7 @@ STRATEGIES = ("linear-probe", "partial", "full", "two-stage", "auto")  # auto: m
 PRECISIONS = ("auto", "bf16", "fp32")
 ENGINES = ("auto", "torch", "openvino")  # inference engines of frozen-backbone features (features/engine.py)
 SCHEDULES = ("cosine", "onecycle")
+LONG_TEXTS = ("window", "truncate")  # hf: texts longer than the encoder's max length
 TRACKERS = ("tensorboard", "mlflow")  # experiment tracking of a fit (headstart/track)
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
 
@@ -56,6 +57,10 @@ class TrainConfig:
                 "auto = OpenVINO for image backbones from 256 images on when it is installed (else the torch "
                 "fast path); $HEADSTART_ENGINE sets it where this is auto"})
     strict: bool = field(default=False, metadata={"help": "fail on an unreadable image or text row instead of skipping it (skipped ones are listed in the run)"})
+    long_texts: str = field(default="window", metadata={
+        "help": f"one of {LONG_TEXTS}: hf: text backbones given training texts longer than their max length "
+                "encode them in up to 8 overlapping windows, mean-pooled over every token ('window'; off when "
+                "no training text is longer), or keep the first max-length tokens ('truncate')"})
     use_feature_cache: bool = field(default=True, metadata={
         "flag": "feature-cache",
         "help": "cache frozen-backbone features on disk ($HEADSTART_CACHE) and frozen-prefix outputs in memory"})
@@ -80,6 +85,7 @@ class TrainConfig:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("engine", self.engine, ENGINES)
         check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("long_texts", self.long_texts, LONG_TEXTS)
         if self.track is not None:
             check_choice("track", self.track, TRACKERS)
         if self.track_uri is not None and self.track is None:

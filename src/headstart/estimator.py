@@ -25,6 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from headstart.assess.calibration import apply_temperature
 from headstart.assess.metrics import classification_metrics
 from headstart.assess.plan import plan_for_data
+from headstart.candidates import TRANSFER, Candidate, choose, score, simple_candidates
 from headstart.config import TrainConfig
 from headstart.data import class_list, encode_labels, stratified_split
 from headstart.data.sources import aligned_labels
@@ -182,6 +183,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                                 pooling=self.pooling, max_length=self.max_length)
         # Distributed state is decided here, once: every phase, the caches and the writers use this.
         accel = make_accelerator(resolve_precision(cfg.precision, default_device(), purpose="train"))
+        backbone = modality.configure(backbone, train_ex, cfg)
         cfg, backbone = self._plan(cfg, backbone, labelled, accel)
         data, skipped = self._encode(modality, backbone, labelled, train_ex, val_ex, validation, cfg)
         self.model_ = TransferModel(backbone.module, backbone.num_features, len(self.classes_),
@@ -210,6 +212,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             self.fit_seconds_ = round(time.perf_counter() - t0, 2)
             # What transfer bought: the linear probe and a no-pretraining model, on the same split.
             self.baselines_ = baselines.run(self, data, train_ex, val_ex) if baselines is not None else None
+            self.selection_ = (self._keep_better(baselines, val_ex) if self.resolved_config().strategy == "auto"
+                               and self.baselines_ and "skipped" not in self.baselines_ else None)
             self.run_ = None
             if out is not None and main:  # one writer when several processes train
                 self.save(out)
@@ -225,6 +229,34 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if tracker is not None:
             tracker.finish(self, Path(out) if out is not None else None)
         return self
+
+    def _keep_better(self, baselines, val_ex) -> dict[str, Any]:
+        """``auto``: the transfer model, the simple model(s) and (texts) the hybrid, scored on the validation
+        examples; the best becomes this classifier's model (see :mod:`headstart.candidates`)."""
+        cfg = self.fitted_config_
+        transfer = Candidate(TRANSFER, f"transfer ({self.backbone_info_['spec']}, {cfg.strategy})",
+                             np.zeros(0, bool), self.history_.seconds)
+        candidates = [score(c, self, val_ex) for c in [transfer, *simple_candidates(baselines, self)]]
+        winner, record = choose(candidates)
+        log.info("auto: %s", record["reason"])
+        # Every candidate stays in memory (not saved), for comparisons such as the benchmark's test scores.
+        self.candidate_models_ = {c.name: (c.model or self.model_, c.preprocess or self.preprocess_,
+                                           c.tokenizer if c.model is not None else self.tokenizer_) for c in candidates}
+        if winner.model is not None:
+            self.model_, self.preprocess_, self.tokenizer_ = winner.model, winner.preprocess, winner.tokenizer
+            self.backbone_info_ = winner.backbone_info
+        return record
+
+    def _run_metrics(self) -> dict[str, Any] | None:
+        """What the saved model scored: the kept epoch of training, or the candidate ``auto`` kept instead."""
+        if not self.history_:
+            return self.meta_.get("metrics")
+        metrics = self.final_metrics_()
+        selection = getattr(self, "selection_", None)
+        if selection and selection["winner"] != TRANSFER:
+            row = next(c for c in selection["candidates"] if c["name"] == selection["winner"])
+            return {"val_acc": row["val_acc"], "model": row["name"], "transfer": metrics}
+        return metrics
 
     def _open_tracker(self, cfg: TrainConfig, out, labelled, data):
         from headstart.track import open_tracker
@@ -248,7 +280,15 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def _plan(self, cfg: TrainConfig, backbone, labelled, accel):
         """``auto``: profile the backbone and follow the plan; a cut stage drops the stages above it."""
         self.plan_ = self.profile_ = None
-        if cfg.strategy == "auto":
+        if cfg.strategy == "auto" and backbone.modality == "text":
+            # Texts: the frozen encoder's linear probe is the transfer candidate (fine-tuning a sentence
+            # encoder on a few hundred texts rarely beats it, and costs 10-100x more); TF-IDF and the hybrid
+            # are compared with it after the fit.
+            cfg = cfg.replace(strategy="linear-probe")
+            log.info("plan: following --strategy linear-probe on %s; then TF-IDF + logistic regression and the "
+                     "hybrid (TF-IDF + embedding) are fitted on the same split and the best on validation is kept",
+                     backbone.spec)
+        elif cfg.strategy == "auto":
             # Profiled on all labelled examples, not just the training split, so `train --strategy auto`
             # follows exactly the plan `headstart plan DATA` printed (and reuses its cached stage features);
             # the profile's scores are cross-validated, and the validation split only stops training.
@@ -326,7 +366,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                              "pass the data it was trained on: data=... (CLI: --data PATH).")
 
     def _as_teacher(self) -> Teacher:
-        metrics = self.final_metrics_() if self.history_ else (self.meta_.get("metrics") or {})
+        metrics = self._run_metrics() or {}
         return Teacher(self.model_, self.modality_, self.preprocess_, self.tokenizer_, list(self.classes_),
                        spec=self.backbone_info_["spec"], run=str(self.run_.path) if self.run_ is not None else None,
                        recorded_val_acc=metrics.get("val_acc"))
@@ -431,7 +471,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "history": {"phases": history.phases, "precision": history.precision,
                         "inference_precision": history.inference_precision,
                         "seconds": history.seconds} if history else None,
-            "metrics": self.final_metrics_() if history else self.meta_.get("metrics"),
+            "metrics": self._run_metrics(),
+            "selection": getattr(self, "selection_", None),
             "data": self.data_info_,
             "baselines": self.baselines_,
             "distillation": getattr(self, "distillation_", None),
@@ -530,6 +571,7 @@ def load(directory: str | Path) -> TransferClassifier:
     clf.history_, clf.plan_, clf.profile_ = None, None, None
     clf.data_info_, clf.baselines_ = run.meta.get("data"), run.meta.get("baselines")
     clf.distillation_ = run.meta.get("distillation")
+    clf.selection_ = run.meta.get("selection")
     clf.calibration_ = run.meta.get("calibration")
     clf.tracking_ = run.meta.get("tracking")
     clf.run_ = run

@@ -61,13 +61,25 @@ def print_fit_summary(console, run, fit_seconds: float) -> None:
     console.print(f"[green]saved[/green] {run.path}  ({data.n_train} train / {data.n_val} val {kind}, "
                   f"{len(run.classes)} classes, {fit_seconds:.1f}s, "
                   f"{history['precision']} training / {history['inference_precision']} inference)")
-    if "val_acc" in m:
+    if "val_acc" in m and "phase" in m:
         console.print(f"best validation accuracy {m['val_acc']:.4f} ({m['phase']} epoch {m['epoch']})")
+    elif "val_acc" in m:
+        console.print(f"validation accuracy {m['val_acc']:.4f} ({m.get('model')}, kept by --strategy auto)")
     if data.n_skipped:
         console.print(f"[yellow]skipped {data.n_skipped} unusable {kind[:-1]}(s):[/yellow]")
         for name, why in data.skipped[:10]:
             console.print(f"  {name}: {why}")
     print_baselines(console, run.meta.get("baselines"))
+    print_selection(console, run.meta.get("selection"))
+
+
+def print_selection(console, selection) -> None:
+    """``--strategy auto``: every candidate on the same validation examples, and which one was saved."""
+    if not selection:
+        return
+    rows = " | ".join(f"{c['name']} {c['val_acc']:.4f} ({c['seconds']:.0f}s)" for c in selection["candidates"])
+    console.print(f"auto candidates on {selection['n_val']} validation examples: {rows}", highlight=False)
+    console.print(f"[bold]kept: {selection['winner']}[/bold] — {selection['reason']}", highlight=False)
 
 
 def print_baselines(console, rep) -> None:

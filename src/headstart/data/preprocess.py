@@ -54,11 +54,17 @@ class PreprocessConfig:
 class TextPreprocess:
     """How texts become model inputs; saved with the run like the image PreprocessConfig."""
 
-    kind: str  # "hf" (subword tokenizer + transformer) or "vectors" (words + embedding table)
+    kind: str  # "hf" (subword tokenizer + transformer), "vectors" (words + embedding table) or "tfidf"
     max_length: int  # tokens per text; longer texts are truncated
     pooling: str = "mean"
     normalize: bool = False  # L2-normalise the pooled embedding (sentence-transformers' Normalize module)
     lowercase: bool = False  # word tokenizer only (GloVe 6B is lowercased)
+    # > 0: word 1..ngrams TF-IDF features, alone (kind "tfidf") or beside the encoder's embedding (hybrid)
+    ngrams: int = 0
+    # hf: texts longer than max_length are encoded in up to `windows` overlapping windows of max_length
+    # tokens (`stride` shared by neighbours) and pooled; 1 = truncate to the first max_length tokens
+    windows: int = 1
+    stride: int = 0
     modality: str = "text"
 
     def to_dict(self) -> dict[str, Any]:

@@ -142,6 +142,8 @@ def empty_hf(directory: Path, preprocess) -> tuple:
 
 
     config = AutoConfig.from_pretrained(directory)
+    windowed = preprocess.windows > 1
     module = HFEncoder(AutoModel.from_config(config).eval(), pooling=preprocess.pooling,
-                       normalize=preprocess.normalize)
-    return module, HFTokenizer(AutoTokenizer.from_pretrained(directory), preprocess.max_length)
+                       normalize=preprocess.normalize, window=preprocess.max_length if windowed else 0)
+    return module, HFTokenizer(AutoTokenizer.from_pretrained(directory), preprocess.max_length,
+                               windows=preprocess.windows, stride=preprocess.stride)

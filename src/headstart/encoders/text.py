@@ -40,18 +40,49 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class HFEncoder(nn.Module):
-    """A Hugging Face encoder (``AutoModel``) followed by pooling: (B, 2, L) → (B, hidden)."""
+    """A Hugging Face encoder (``AutoModel``) followed by pooling: (B, 2, L) → (B, hidden).
 
-    def __init__(self, model: nn.Module, pooling: str = "mean", normalize: bool = False):
+    With ``window`` set (long texts, :class:`HFTokenizer` ``windows > 1``) a row holds K windows of
+    ``window`` positions side by side, (B, 2, K * window): each window is encoded on its own (it carries
+    its own [CLS] ... [SEP]) and the text's embedding pools over all of them — for mean pooling the mean
+    over every real token of every window, for max the max, for cls the mean of the windows' [CLS].
+    """
+
+    def __init__(self, model: nn.Module, pooling: str = "mean", normalize: bool = False, window: int = 0):
         super().__init__()
         if pooling not in ("mean", "cls", "max"):
             raise BackboneError(f"pooling {pooling!r} is not available for hf: backbones; use mean, cls or max.")
         self.model = model
         self.pooling = pooling
         self.normalize = normalize
+        self.window = window  # 0: one window (texts truncated to the tokenizer's max_length)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.window and x.shape[-1] > self.window:
+            return self.forward_windows(x.long())
         return self.forward_ids(*trim(x))
+
+    def forward_windows(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, width = x.shape
+        k = width // self.window
+        win = x.view(b, 2, k, self.window).permute(0, 2, 1, 3).reshape(b * k, 2, self.window)
+        used = win[:, 1].sum(1) > 0  # texts shorter than the longest leave empty windows: skip them
+        ids, mask = trim(win[used])
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        owner = torch.arange(b, device=x.device).repeat_interleave(k)[used]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        out = hidden.new_zeros(b, hidden.shape[-1])
+        if self.pooling == "max":
+            per = hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+            out = out.fill_(torch.finfo(hidden.dtype).min).index_reduce_(0, owner, per, "amax")
+        elif self.pooling == "cls":
+            out.index_add_(0, owner, hidden[:, 0])
+            out = out / torch.bincount(owner, minlength=b).clamp(min=1).unsqueeze(1).to(out.dtype)
+        else:  # token-weighted: a window of 200 real tokens counts 200 times one of 20
+            out.index_add_(0, owner, (hidden * m).sum(1))
+            count = hidden.new_zeros(b).index_add_(0, owner, m.sum((1, 2)))
+            out = out / count.clamp(min=1.0).unsqueeze(1)
+        return F.normalize(out.float(), dim=-1) if self.normalize else out
 
     def forward_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) ids and mask → (B, hidden); no data-dependent trimming, so it exports as one graph."""
@@ -129,16 +160,47 @@ def _top_name(params: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- tokenizers
 class HFTokenizer:
-    """A ``transformers`` tokenizer that returns packed (N, 2, L) tensors."""
+    """A ``transformers`` tokenizer that returns packed (N, 2, L) tensors.
 
-    def __init__(self, tokenizer, max_length: int):
+    ``windows > 1``: a text longer than ``max_length`` tokens becomes up to ``windows`` overlapping windows
+    (``stride`` tokens shared by neighbours, each with its own special tokens), laid side by side:
+    (N, 2, K * max_length), K the most windows any text in the call needs (:class:`HFEncoder` pools them).
+    """
+
+    def __init__(self, tokenizer, max_length: int, windows: int = 1, stride: int = 0):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.windows, self.stride = windows, stride
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        if self.windows > 1:
+            return self._windows(texts)
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding="longest",
                              return_tensors="pt")
         return torch.stack([enc["input_ids"], enc["attention_mask"]], 1).long()
+
+    def _windows(self, texts: Sequence[str]) -> torch.Tensor:
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, stride=self.stride,
+                             return_overflowing_tokens=True, padding="max_length", return_tensors="pt")
+        owner = enc["overflow_to_sample_mapping"].tolist()
+        packed = torch.stack([enc["input_ids"], enc["attention_mask"]], 1).long()  # (windows, 2, W)
+        rows: list[list[torch.Tensor]] = [[] for _ in texts]
+        for w, i in enumerate(owner):
+            if len(rows[i]) < self.windows:  # the text's first `windows` windows; the rest is cut
+                rows[i].append(packed[w])
+        k = max([len(r) for r in rows] + [1])
+        out = torch.zeros(len(texts), 2, k * self.max_length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                out[i, :, : len(r) * self.max_length] = torch.cat(r, dim=-1)
+        return out
+
+    def n_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text without truncation (special tokens included)."""
+        # A max_length beyond any text instead of truncation=False: the same counts, without transformers'
+        # "sequence length is longer than the specified maximum" warning.
+        enc = self.tokenizer(list(texts), truncation=True, max_length=1 << 30)
+        return [len(ids) for ids in enc["input_ids"]]
 
     def save(self, directory) -> None:
         self.tokenizer.save_pretrained(directory)

@@ -142,9 +142,9 @@ def read_word2vec_binary(path: Path) -> tuple[list[str], np.ndarray]:
     return words, matrix
 
 
-def empty_vectors(directory: Path, preprocess, state: dict) -> tuple:
+def empty_vectors(directory: Path, preprocess, state: dict, prefix: str = "backbone.") -> tuple:
     """Rebuild a saved run's bag-of-vectors encoder and tokenizer (offline, from the run directory)."""
     words = read_vocab(directory / "vocab.txt")
-    rows, dim = state["backbone.embeddings.weight"].shape
+    rows, dim = state[prefix + "embeddings.weight"].shape
     return (BagOfVectors(rows, dim, pooling=preprocess.pooling),
             WordTokenizer(words, preprocess.max_length, preprocess.lowercase))

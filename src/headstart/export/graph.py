@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from headstart.errors import HeadstartError
+
 OUTPUTS = ("logits", "probabilities")
 
 
@@ -83,6 +85,8 @@ class TextGraph(nn.Module):
         return ids.clamp(max=self._vocab() - 1), (ids > 0).long()
 
     def _vocab(self) -> int:
+        if hasattr(self.encoder, "vocab_size"):  # TF-IDF: rows of the term vocabulary
+            return int(self.encoder.vocab_size)
         emb = next(m for m in self.encoder.modules() if isinstance(m, nn.Embedding))
         return emb.num_embeddings
 
@@ -90,6 +94,10 @@ class TextGraph(nn.Module):
 def graph_for(model, layout: str = "nchw", temperature: float = 1.0) -> ImageGraph | TextGraph:
     """The export wrapper of a TransferModel (its weights copied: the run's model is left as it was)."""
     if model.modality == "text":
+        if not hasattr(model.backbone, "forward_ids"):
+            raise HeadstartError("This run is the hybrid of TF-IDF and an embedding (kept by --strategy auto); it "
+                                 "takes two tokenisations, which the exported graph does not yet: serve it with "
+                                 "`headstart serve RUN`, or train with --strategy linear-probe to export.")
         return TextGraph(model, temperature)
     return ImageGraph(model, layout, temperature)
 

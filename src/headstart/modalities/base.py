@@ -68,6 +68,9 @@ class Modality(Protocol):
 
     def encode(self, examples, backbone: Backbone, *, strict: bool = False) -> Encoded: ...
 
+    def configure(self, backbone: Backbone, train_examples, cfg: TrainConfig) -> Backbone:
+        """Input settings that depend on the training data (long texts in windows), recorded with the run."""
+
     def check_config(self, cfg: TrainConfig) -> TrainConfig: ...
 
     def augmentation(self, cfg: TrainConfig) -> Callable | None:

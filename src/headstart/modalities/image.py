@@ -54,6 +54,9 @@ class ImageModality:
             log.warning("skipped unreadable image %s: %s", name, why)
         return Encoded(decoded.pixels, decoded.index, list(decoded.skipped))
 
+    def configure(self, backbone: Backbone, train_examples: Examples, cfg: TrainConfig) -> Backbone:
+        return backbone  # images are resized to the backbone's input size: nothing depends on the data
+
     def check_config(self, cfg: TrainConfig) -> TrainConfig:
         return cfg
 

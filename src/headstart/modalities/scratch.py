@@ -98,7 +98,6 @@ def crop_flip(batch: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device,
               batch_size: int = 256) -> tuple[float, float, torch.Tensor]:
     """(mean cross-entropy, accuracy, per-example correctness) on a validation split."""
@@ -166,16 +165,19 @@ def train_scratch(x_train, y_train, x_val, y_val, num_classes: int, budget_secon
         curve.append([round(elapsed, 2), round(acc, 5)])
         if best is None or (-loss, acc) > best:  # the transfer run's rule: best validation loss
             best, best_acc, best_right = (-loss, acc), acc, right
+            best_state = copy.deepcopy(model.state_dict())  # 0.3 M parameters: cheap to keep
         if warm_end is None:
             warm_end = elapsed
         per_epoch = elapsed / epoch
         if elapsed + per_epoch > budget_seconds * 1.02:
             break
+    model.load_state_dict(best_state)  # the epoch reported is the epoch kept (auto may save it as the run)
     params = sum(p.numel() for p in model.parameters())
     return {"architecture": "ScratchNet (ResNet-style, 4 residual blocks, 16-128 channels)", "params": params,
             "input_size": size, "epochs": epoch, "seconds": round(time.perf_counter() - t_start, 2),
             "val_acc": round(best_acc, 5), "best_val_acc": max(a for _, a in curve), "final_val_acc": curve[-1][1],
-            "curve": curve, "val_correct": best_right.numpy()}  # popped by the caller: not for the JSON
+            "curve": curve, "val_correct": best_right.numpy(),  # these two are popped by the caller:
+            "model": model.eval()}  # not for the JSON
 
 
 def _phase_times(history) -> list[float]:
@@ -230,6 +232,7 @@ class Baselines:
         log.info("baselines: training a small model from scratch for %.0f s", budget)
         scratch = train_scratch(data.x_train, data.y_train, data.x_val, data.y_val, len(clf.classes_), budget,
                                 seed=cfg.seed)
+        self.scratch = (scratch.pop("model"), scratch)  # kept for --strategy auto (headstart.candidates)
         report = {
             "n_val": len(data.x_val), "budget_seconds": round(budget, 2),
             "transfer": {"val_acc": transfer_acc, "seconds": history.seconds, "strategy": cfg.strategy},

@@ -6,6 +6,7 @@ batches carry almost no padding (each is cut to its longest text by the encoder)
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +21,19 @@ from headstart.device import inference_context
 from headstart.encoders.base import Backbone, Stage
 from headstart.encoders.hf_source import empty_hf
 from headstart.encoders.model import TransferModel
-from headstart.encoders.text import sort_by_length, tokenize, transformer_stages
+from headstart.encoders.text import (
+    HFEncoder,
+    sort_by_length,
+    tokenize,
+    transformer_stages,
+)
+from headstart.encoders.tfidf import (
+    MAX_TERMS,
+    HybridEncoder,
+    HybridTokenizer,
+    TfidfEncoder,
+    TfidfTokenizer,
+)
 from headstart.encoders.vectors_source import empty_vectors
 from headstart.errors import HeadstartError
 from headstart.modalities.base import Columns, Encoded, Prediction
@@ -28,6 +41,7 @@ from headstart.modalities.tfidf import text_baselines
 
 log = logging.getLogger("headstart")
 TEXT_FILES = "text"  # run subdirectory: tokenizer + encoder config, or the word list
+WINDOWS = 8  # most windows per long text (hf: encoders, long_texts="window")
 
 
 class TextBaselines:
@@ -43,15 +57,42 @@ class TextBaselines:
             log.info("baselines: %s", msg)
             return {"skipped": msg}
         report = text_baselines(clf, train_examples, val_examples)
+        # the fitted model, kept for --strategy auto (headstart.candidates)
+        self.tfidf = (report.pop("model"), report["tfidf_logreg"]["seconds"], train_examples)
         for w in report["warnings"]:
             log.warning("%s", w)
         return report
+
 
 
 class TextModality:
     name = "text"
     noun = "texts"
     preprocess_type = TextPreprocess
+
+    def configure(self, backbone: Backbone, train_examples: TextExamples, cfg: TrainConfig) -> Backbone:
+        """Long texts: when a training text is longer than an ``hf:`` encoder's max length (and
+        ``long_texts="window"``), every text is encoded in overlapping windows pooled together, recorded in
+        the preprocessing so prediction does the same."""
+        pre = backbone.preprocess
+        if pre.kind != "hf" or cfg.long_texts != "window" or not isinstance(backbone.module, HFEncoder):
+            return backbone
+        lengths = backbone.tokenizer.n_tokens(train_examples.texts)
+        longer = sum(n > pre.max_length for n in lengths)
+        if not longer:
+            return backbone
+        stride = pre.max_length // 4
+        backbone.preprocess = dataclasses.replace(pre, windows=WINDOWS, stride=stride)
+        backbone.tokenizer.windows, backbone.tokenizer.stride = WINDOWS, stride
+        backbone.module.window = pre.max_length
+        covered = pre.max_length + (WINDOWS - 1) * (pre.max_length - stride - 2)
+        note = (f"long texts: {longer} of {len(lengths)} training texts are longer than {pre.max_length} tokens "
+                f"(the longest {max(lengths)}): every text is encoded in up to {WINDOWS} windows of "
+                f"{pre.max_length} tokens overlapping by {stride} (about {covered} tokens) and pooled over all "
+                f"of them; long_texts='truncate' (CLI: --long-texts truncate) keeps the first {pre.max_length}")
+        log.info("%s", note)
+        backbone.notes = [*backbone.notes, note]
+        return backbone
 
     def read(self, source, y: Sequence | None = None, *, columns: Columns = Columns(),
              purpose: str = "predict") -> TextExamples:
@@ -68,9 +109,10 @@ class TextModality:
         return Encoded(tokens[order], order.tolist(), [])
 
     def check_config(self, cfg: TrainConfig) -> TrainConfig:
-        if cfg.strategy == "auto":
-            raise HeadstartError("strategy 'auto' profiles image backbones; for text pick linear-probe, partial, "
-                                 "full or two-stage (linear-probe is the quick, safe start).")
+        if cfg.strategy == "auto" and not cfg.baselines:
+            raise HeadstartError("strategy 'auto' for texts chooses between the transfer model and TF-IDF, which "
+                                 "needs the baselines: drop --no-baselines, or pick linear-probe, partial, full or "
+                                 "two-stage yourself.")
         if cfg.cut_stage is not None:
             raise HeadstartError("cut_stage drops the top stages of image backbones; text backbones keep every "
                                  "layer (freeze the lower ones with --freeze-stages instead).")
@@ -108,9 +150,9 @@ class TextModality:
         files = Path(directory) / TEXT_FILES
         files.mkdir(parents=True, exist_ok=True)
         tokenizer.save(files)
-        encoder = getattr(model.backbone, "model", None)
+        encoder = next((m for m in model.backbone.modules() if isinstance(m, HFEncoder)), None)  # hybrid: inside
         if encoder is not None:
-            encoder.config.save_pretrained(files)
+            encoder.model.config.save_pretrained(files)
 
     def rebuild(self, directory: Path, meta: dict, state: dict) -> tuple[torch.nn.Module, list[Stage], Any]:
         preprocess = TextPreprocess.from_dict(meta["preprocess"])
@@ -118,11 +160,28 @@ class TextModality:
         if not files.is_dir():
             raise HeadstartError(f"{str(directory)!r} is a text run without its {TEXT_FILES}/ folder "
                                  "(tokenizer / word list); copy the whole run directory.")
+        if preprocess.kind == "tfidf":  # TF-IDF + logistic regression, kept by --strategy auto
+            return _empty_tfidf(files, preprocess, state, "backbone."), [], \
+                TfidfTokenizer.load(files, preprocess.ngrams, preprocess.lowercase, preprocess.max_length)
+        hybrid = preprocess.ngrams > 0  # the encoder's embedding beside TF-IDF features, kept by auto
+        prefix = "backbone.neural." if hybrid else "backbone."
         if preprocess.kind == "hf":
             module, tokenizer = empty_hf(files, preprocess)
-            return module, transformer_stages(module), tokenizer
-        module, tokenizer = empty_vectors(files, preprocess, state)
-        return module, [Stage("embeddings", ("embeddings.weight",))], tokenizer
+            stages = transformer_stages(module)
+        else:
+            module, tokenizer = empty_vectors(files, preprocess, state, prefix=prefix)
+            stages = [Stage("embeddings", ("embeddings.weight",))]
+        if not hybrid:
+            return module, stages, tokenizer
+        tfidf = _empty_tfidf(files, preprocess, state, "backbone.tfidf.")
+        features = int(meta["backbone"]["num_features"]) - tfidf.num_features
+        return (HybridEncoder(module, tfidf, features), [],
+                HybridTokenizer(tokenizer, TfidfTokenizer.load(files, preprocess.ngrams, True, MAX_TERMS)))
+
+
+def _empty_tfidf(files: Path, preprocess: TextPreprocess, state: dict, prefix: str) -> TfidfEncoder:
+    """A TF-IDF encoder the size of the saved idf (its values come with the run's weights)."""
+    return TfidfEncoder(int(state[prefix + "idf"].shape[0]) - 1)
 
 
 TEXT = TextModality()

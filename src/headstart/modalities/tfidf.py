@@ -50,13 +50,15 @@ def tfidf_baseline(train, val, seed: int = 0) -> dict[str, Any]:
             "val_macro_f1": round(float(f1_score(truth, pred, average="macro")), 5),
             "seconds": round(time.perf_counter() - t0, 2),
             "what": "TF-IDF (word 1-2 grams, sublinear tf) + logistic regression, C by 5-fold CV",
-            "val_correct": np.asarray(pred) == np.asarray(truth)}  # popped by the caller: not for the JSON
+            "val_correct": np.asarray(pred) == np.asarray(truth),  # these two are popped by the caller:
+            "model": model}  # not for the JSON
 
 
 def text_baselines(clf, train, val) -> dict[str, Any]:
     """The comparison saved with every text run: transfer vs its linear probe vs TF-IDF, on ``val``."""
     tfidf = tfidf_baseline(train, val, seed=clf.fitted_config_.seed)
     simple_right = tfidf.pop("val_correct")
+    fitted = tfidf.pop("model")
     transfer = clf.final_metrics_().get("val_acc")
     head = [r for r in clf.history_.epochs if r.get("phase") == "head" and r.get("best")]
     probe = head[-1]["val_acc"] if head else None
@@ -74,4 +76,5 @@ def text_baselines(clf, train, val) -> dict[str, Any]:
     elif verdict.outcome == "too few to tell":
         log.info("baselines: %s", verdict.why)
     return {"n_val": len(val), "transfer": {"val_acc": transfer}, "linear_probe": {"val_acc": probe},
-            "tfidf_logreg": tfidf, "simple": "tfidf_logreg", "verdict": verdict.to_dict(), "warnings": warnings}
+            "tfidf_logreg": tfidf, "simple": "tfidf_logreg", "verdict": verdict.to_dict(), "warnings": warnings,
+            "model": fitted}  # popped by TextBaselines: a candidate of --strategy auto
