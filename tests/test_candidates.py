@@ -240,6 +240,8 @@ def test_windows_cover_the_whole_text_and_pool_every_token(filler_bert):
     assert win[1, 1].sum() == plain[1, 1].sum() and win[1, 1, 64:].sum() == 0  # a short text: one window
     with torch.no_grad():
         pooled = enc(win)
+        wider = torch.nn.functional.pad(win, (0, 10))  # as the hybrid's packing pads it: the same embedding
+        assert torch.allclose(enc(wider), pooled, atol=1e-5)
         enc.window = 0
         assert torch.allclose(pooled[1], enc(plain[1:2])[0], atol=1e-5)  # one window: exactly as before
         # mean pooling over every real token of every window of the long text
@@ -267,3 +269,29 @@ def test_long_texts_are_read_to_the_end_unless_truncation_is_asked_for(filler_be
     test = long_texts(10, seed=4)
     acc = load(tmp_path / "run").score(*test)
     assert (acc >= 0.9) if accurate else (acc <= 0.75), acc
+
+
+def test_a_tfidf_run_exports_to_onnx_and_matches_its_predictions(tmp_path):
+    import onnxruntime as ort
+
+    from headstart.candidates.text import tfidf_candidate
+    from headstart.export import export
+    from headstart.modalities.tfidf import fit_tfidf
+    from headstart.text import TextClassifier
+
+    texts, labels = keyword_texts(10)
+    clf = TextClassifier("vectors:glove-6b-50d")  # only to hold the fitted parts: the TF-IDF model is the run
+    clf.modality_ = __import__("headstart.modalities", fromlist=["modality_named"]).modality_named("text")
+    cand = tfidf_candidate(fit_tfidf(texts, labels), sorted(set(labels)), 0.0)
+    clf.model_, clf.preprocess_, clf.tokenizer_, clf.backbone_info_ = (cand.model, cand.preprocess, cand.tokenizer,
+                                                                       cand.backbone_info)
+    clf.classes_, clf.fitted_config_, clf.history_ = sorted(set(labels)), clf.resolved_config(), None
+    clf.data_info_ = clf.baselines_ = clf.plan_ = None
+    clf.meta_ = {"metrics": {}}
+    clf.save(tmp_path / "run")
+    result = export(tmp_path / "run", tmp_path / "t.onnx", data=texts, parity_inputs=60)
+    assert result.report["parity"]["passed"] and "TfidfVectorizer" in result.report["how_to_prepare"]
+    x = cand.tokenizer(texts[:6])
+    session = ort.InferenceSession(str(result.model), providers=["CPUExecutionProvider"])
+    probs = session.run(["probabilities"], {"input_ids": x[:, 0].numpy(), "attention_mask": x[:, 1].numpy()})[0]
+    np.testing.assert_allclose(probs, clf.predict_proba(texts[:6]), atol=1e-5)

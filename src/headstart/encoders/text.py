@@ -63,6 +63,7 @@ class HFEncoder(nn.Module):
         return self.forward_ids(*trim(x))
 
     def forward_windows(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, (-x.shape[-1]) % self.window))  # padded wider by a caller (the hybrid): whole windows
         b, _, width = x.shape
         k = width // self.window
         win = x.view(b, 2, k, self.window).permute(0, 2, 1, 3).reshape(b * k, 2, self.window)

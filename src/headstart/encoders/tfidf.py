@@ -80,8 +80,9 @@ class TfidfEncoder(nn.Module):
         return self.forward_ids(x[:, 0], x[:, 1])
 
     def forward_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        counts = torch.zeros(len(ids), self.num_features, dtype=torch.float32, device=ids.device)
-        counts.scatter_add_(1, ids, mask.float())
+        # the batch size read from the tensor's shape, not len(): an exported graph keeps it dynamic
+        counts = mask.new_zeros((ids.shape[0], self.num_features), dtype=torch.float32)
+        counts = counts.scatter_add(1, ids, mask.float())
         tf = torch.where(counts > 0, 1.0 + torch.log(counts.clamp(min=1.0)), torch.zeros_like(counts))
         return F.normalize(tf * self.idf, dim=1)
 

@@ -197,12 +197,20 @@ def _report(clf, config: ExportConfig, target: Target, exporter: str, opset: int
             f"{p.input_size}x{p.input_size}, uint8 {config.layout.upper()}; the graph normalises "
             f"(mean {list(p.mean)}, std {list(p.std)}) itself")
     else:
-        kind = clf.preprocess_.kind
+        kind, pre = clf.preprocess_.kind, clf.preprocess_
         report["tokenizer"] = target.tokenizer.name
+        windows = (f"; the run itself reads longer texts in up to {pre.windows} overlapping windows pooled "
+                   "together, the graph one window" if pre.windows > 1 else "")
         report["how_to_prepare"] = (
             f"tokenize with the tokenizer in {target.tokenizer.name}/ (truncate to {clf.preprocess_.max_length} "
-            "tokens, pad to the longest in the batch), feed input_ids and attention_mask as int64"
+            f"tokens, pad to the longest in the batch), feed input_ids and attention_mask as int64{windows}"
             if kind == "hf" else
+            f"split texts as scikit-learn's TfidfVectorizer(ngram_range=(1, {pre.ngrams})) analyzer does "
+            "(lowercased words of 2+ word characters, then their n-grams joined by a space), look each term up "
+            f"in tfidf_vocab.txt in {target.tokenizer.name}/ (row i+1 is line i; unknown terms are dropped); "
+            "input_ids: the row of every term occurrence, attention_mask 1 there and 0 for padding, int64; the "
+            f"graph counts them, applies the idf and normalises (at most {pre.max_length} terms a text)"
+            if kind == "tfidf" else
             f"split words as headstart.encoders.text.WordTokenizer does ({'lowercased, ' if clf.preprocess_.lowercase else ''}"
             f"vocab.txt in {target.tokenizer.name}/: row i+1 is word i, 0 is unknown or padding, mask 0 there), "
             f"at most {clf.preprocess_.max_length} words")

@@ -64,7 +64,6 @@ class TextBaselines:
         return report
 
 
-
 class TextModality:
     name = "text"
     noun = "texts"
