@@ -492,6 +492,54 @@ def _run_distill(args: dict, resume: bool, quiet: bool, overwrite: bool = False)
     render.print_distillation(console, result.run_)
 
 
+@app.command()
+def audit(
+    run: Path = typer.Argument(..., help="A run directory written by `headstart train` or `headstart distill`."),
+    data: str = typer.Argument(..., help="Labelled test images (a class-per-folder directory or a CSV)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to save the result (default: "
+                                       "RUN/audit.json)."),
+    eps: str = typer.Option("2/255,4/255,8/255", help="L-inf budgets in [0, 1] pixel units, comma-separated; "
+                            "fractions such as 4/255 are fine."),
+    l2_eps: str = typer.Option("0.5,1.0", help="L2 budgets per image, comma-separated."),
+    n: int = typer.Option(500, help="Test points attacked (a seeded draw)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer points (at most 100) and attack steps: faster, and "
+                               "weaker attacks (saved as quick in the threat model)."),
+    control_seconds: float = typer.Option(60.0, help="Training budget of the unrelated from-scratch control "
+                                          "network (trained on the run's training data)."),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of tables."),
+):
+    """What the model inherits: white-box attacks (FGSM, PGD, APGD-CE) and teacher-only attacks built on the
+    public pretrained backbone alone, with random-noise and unrelated-network controls and sanity checks."""
+    from headstart.audit import audit as run_audit
+    from headstart.estimator import load
+
+    clf = load(run)
+    console = render.console()
+    with render.show_logs(console, quiet=as_json):
+        result = run_audit(clf, data, eps=_budgets(eps, "--eps"), l2_eps=_budgets(l2_eps, "--l2-eps"), n=n,
+                           quick=quick, control_seconds=control_seconds, seed=seed)
+    path = result.save(out or Path(run) / "audit.json")
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    render.print_audit(render.console(stderr=False), result, path)
+
+
+def _budgets(text: str, flag: str) -> tuple[float, ...]:
+    from fractions import Fraction
+
+    from headstart.errors import HeadstartError
+
+    try:
+        values = tuple(float(Fraction(v.strip())) for v in text.split(",") if v.strip())
+    except (ValueError, ZeroDivisionError):
+        raise HeadstartError(f"{flag} {text!r}: give numbers or fractions, comma-separated (e.g. 2/255,8/255).")
+    if not values or any(v < 0 for v in values):
+        raise HeadstartError(f"{flag} {text!r}: give at least one budget, none negative.")
+    return values
+
+
 @app.command("export")
 @with_config_options(ExportConfig)
 def export_run(

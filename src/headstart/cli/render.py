@@ -294,3 +294,34 @@ def interrupted(out) -> str:
     if (out / DISTILL_ARGS).is_file() and (out / "distill_state.json").is_file():
         return f"the finished stages are saved in {out}; continue with: headstart resume {out}"
     return f"stopped before the first checkpoint, so {out} holds nothing to resume; run the same command again"
+
+
+def print_audit(console, result, path) -> None:
+    """The audit as tables: white-box accuracy per attack and budget, the teacher-only rows, the checks."""
+    from rich.table import Table
+
+    if not result.applies:
+        console.print(result.statement, highlight=False)
+        return
+    tm = result.threat_model
+    console.print(f"threat model: {tm['input_space']}; {tm['n_points']} test points, seed {tm['seed']}, "
+                  f"{tm['precision']}{' (quick: weaker attacks)' if tm['quick'] else ''}", highlight=False)
+    console.print(f"clean accuracy {result.clean_acc:.4f}")
+    table = Table("attack", "norm", "eps", "accuracy", "seconds", title="white-box (the fine-tuned model)")
+    for r in result.white_box:
+        eps = f"{r['eps_255']:g}/255" if r["norm"] == "linf" else f"{r['eps']:g}"
+        table.add_row(r["attack"], r["norm"], eps, f"{r['accuracy']:.4f}", f"{r['seconds']:.1f}")
+    console.print(table)
+    if result.teacher_only:
+        t = Table("eps", "teacher-only", "random noise", "unrelated net", title="teacher-only: share of the "
+                  "correct points fooled")
+        for r in result.teacher_only:
+            unrelated = f"{100 * r['unrelated_success']:.1f} %" if "unrelated_success" in r else "-"
+            t.add_row(f"{r['eps_255']:g}/255", f"{100 * r['teacher_success']:.1f} %",
+                      f"{100 * r['random_noise_success']:.1f} %", unrelated)
+        console.print(t)
+    for c in result.sanity:
+        mark = "[green]ok[/green]" if c["passed"] else "[bold red]FAILED[/bold red]"
+        console.print(f"{mark} {c['check']}: {c['measured']}", highlight=False)
+    console.print(result.statement, highlight=False)
+    console.print(f"audit took {result.seconds:.0f}s; saved {path}")
