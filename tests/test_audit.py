@@ -142,15 +142,16 @@ def test_audit_reports_every_attack_the_teacher_and_both_controls(audited_run):
 def test_the_teacher_only_attack_never_reads_the_head(audited_run):
     """The perturbation is computed from the base network alone: changing the run's head changes nothing."""
     from headstart import load
-    from headstart.audit import AuditConfig, _points, _teacher_features
+    from headstart.audit import AuditConfig, _points
+    from headstart.audit.harden import teacher_features
 
     run, test = audited_run
     a, b = load(run), load(run)
     with torch.no_grad():
         b.model_.head[-1].weight.mul_(-3.0)
     x, _ = _points(a, str(test), None, AuditConfig(n=6))
-    adv_a = feature_attack(_teacher_features(a), x, 4 / 255, steps=3)
-    adv_b = feature_attack(_teacher_features(b), x, 4 / 255, steps=3)
+    adv_a = feature_attack(teacher_features(a.backbone_info_["spec"], a.preprocess_), x, 4 / 255, steps=3)
+    adv_b = feature_attack(teacher_features(b.backbone_info_["spec"], b.preprocess_), x, 4 / 255, steps=3)
     assert torch.equal(adv_a, adv_b)
 
 
@@ -177,3 +178,101 @@ def test_cli_audit_saves_json_and_a_text_run_says_what_applies(audited_run, tmp_
                          baselines=False).fit(texts, ["p", "p", "n", "n"] * 4)
     result = audit(clf, texts, ["p", "p", "n", "n"] * 4)
     assert not result.applies and "token ids" in result.statement
+
+
+# ----------------------------------------------------------------------------- --harden
+def test_paired_images_get_the_same_crop_and_flip_as_the_image():
+    from headstart.data import augment
+    from headstart.train.loop import _augment_together
+
+    x = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+    twin = x.flip(1)  # the same pixels, channels reversed: per-channel crops must match exactly
+    gen = torch.Generator().manual_seed(3)
+    out, extra = _augment_together(lambda b: augment(b, gen), x, {"twin": twin, "other": torch.arange(6)}, ("twin",))
+    assert not torch.equal(out, x)  # something was cropped or flipped
+    assert torch.equal(extra["twin"], out.flip(1)) and torch.equal(extra["other"], torch.arange(6))
+    alone = augment(x, torch.Generator().manual_seed(3))
+    assert torch.equal(alone, out)  # the draw does not depend on how many images ride along
+
+
+def test_teacher_perturbations_stay_in_budget_on_the_uint8_grid():
+    from headstart.audit.harden import teacher_perturbed
+
+    model = tiny_linear()
+    pixels = torch.randint(0, 256, (10, 3, 6, 6), dtype=torch.uint8)
+    adv = teacher_perturbed(lambda z: model[1](z.flatten(1)), pixels, 8 / 255, steps=3, seed=0, batch_size=4)
+    assert adv.dtype == torch.uint8 and (adv.int() - pixels.int()).abs().max() <= 8
+    assert (adv != pixels).float().mean() > 0.5
+    assert torch.equal(adv, teacher_perturbed(lambda z: model[1](z.flatten(1)), pixels, 8 / 255, steps=3, seed=0))
+
+
+def test_harden_objectives_swap_only_while_the_backbone_trains_on_pixels():
+    from headstart.audit.harden import (
+        TEACHER_ADV,
+        AdversarialObjective,
+        TeacherTransferObjective,
+    )
+    from headstart.train.objectives import Batch
+    from headstart.train.strategies import Phase
+
+    phase = Phase("finetune", 0, 1)
+    seen = []
+    model = tiny_linear()
+
+    def spy(x):
+        seen.append(x.clone())
+        return model(x.float() / 255 if x.dtype == torch.uint8 else x)
+
+    x = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8)
+    y = torch.randint(0, 3, (8,))
+    adv = x.clone()
+    adv[:, 0] = 0
+    TeacherTransferObjective(mix=1.0).loss(spy, Batch(x, y, {TEACHER_ADV: adv}), phase=phase)
+    assert torch.equal(seen[-1], adv)
+    feats = torch.randn(8, 5)
+    TeacherTransferObjective(mix=1.0).loss(lambda f: seen.append(f) or f[:, :3], Batch(feats, y, {TEACHER_ADV: adv}),
+                                           phase=Phase("head", 9, 1))
+    assert torch.equal(seen[-1], feats)  # a head-only batch of cached features is left alone
+
+    seen.clear()
+    out = AdversarialObjective(eps=4 / 255, steps=2, mix=1.0).loss(spy, Batch(x, y), phase=phase)
+    trained_on = seen[-1]
+    delta = trained_on - x.float() / 255
+    assert delta.abs().max() <= 4 / 255 + 1e-6 and delta.abs().max() > 1 / 255
+    clean = F.cross_entropy(model(x.float() / 255), y)
+    assert out.loss > clean  # the examples it trains on are harder than the clean ones
+
+
+def test_harden_refuses_what_it_cannot_do():
+    from headstart.config import TrainConfig
+    from headstart.errors import HeadstartError
+
+    with pytest.raises(HeadstartError, match="two-stage"):
+        TrainConfig(harden=True, strategy="linear-probe")
+    with pytest.raises(HeadstartError, match="pass 8 for 8/255"):
+        TrainConfig(harden_eps=8 / 255)
+    with pytest.raises(HeadstartError, match="harden_method"):
+        TrainConfig(harden_method="magic")
+
+
+@pytest.mark.parametrize("method", ["teacher", "adversarial"])
+def test_harden_trains_saves_and_audits_from_the_cli(audited_run, tmp_path, method):
+    from headstart import load
+
+    run, test = audited_run
+    base = load(run).backbone_info_["spec"]
+    train = run.parent / "train"
+    out = tmp_path / f"hard-{method}"
+    r = subprocess.run([sys.executable, "-m", "headstart.cli", "train", str(train), "--backbone", base, "--out",
+                        str(out), "--harden", "--harden-method", method, "--harden-eps", "8", "--epochs", "2",
+                        "--head-min-steps", "20", "--precision", "fp32", "--no-baselines"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    clf = load(out)
+    record = clf.meta_["hardening"]
+    assert record["method"] == method and record["eps_255"] == 8 and record["steps"] == (5 if method == "teacher" else 1)
+    assert record["validation"]["n"] > 0 and 0 <= record["validation"]["teacher_only_success"] <= 1
+    assert "hardened (" + method in " ".join((r.stdout + r.stderr).split())
+    assert any(p["name"] == "finetune" for p in clf.meta_["history"]["phases"])
+    result = clf.audit(str(test), eps=(8 / 255,), l2_eps=(), n=8, quick=True, control_seconds=1)
+    assert result.applies and len(result.teacher_only) == 1

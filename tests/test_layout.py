@@ -23,8 +23,8 @@ LAYERS = [
     ("headstart.io",),  # the saved run
     ("headstart.track",),  # experiment tracking callbacks (TensorBoard, MLflow)
     ("headstart.distill",),  # teacher -> student: the transfer set, the KD objective, the report
+    ("headstart.audit",),  # what a fine-tuned model inherits: attacks, the audit, the --harden objectives
     ("headstart.estimator", "headstart.text"),  # TransferClassifier, load
-    ("headstart.audit",),  # what a fine-tuned model inherits: white-box and teacher-only attacks
     ("headstart.discover",),  # unsupervised transfer: group an unlabelled pool (may read a run's backbone)
     ("headstart.export",),  # a run as ONNX / OpenVINO IR, gated on parity with the PyTorch model
     ("headstart.serve",),  # the HTTP server and its web page

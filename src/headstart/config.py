@@ -12,6 +12,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 ENGINES = ("auto", "torch", "openvino")  # inference engines of frozen-backbone features (features/engine.py)
 SCHEDULES = ("cosine", "onecycle")
 LONG_TEXTS = ("window", "truncate")  # hf: texts longer than the encoder's max length
+HARDEN_METHODS = ("teacher", "adversarial")  # defences of --harden (audit/harden.py)
 TRACKERS = ("tensorboard", "mlflow")  # experiment tracking of a fit (headstart/track)
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
 
@@ -73,6 +74,20 @@ class TrainConfig:
                 "regression), and warn when transfer did not help"})
     baseline_seconds: float | None = field(default=None, metadata={
         "help": "wall-time budget of the from-scratch model; None = the transfer model's training time"})
+    harden: bool = field(default=False, metadata={
+        "help": "fine-tune with a defence against inherited adversarial weaknesses (harden_method); "
+                "`headstart audit` measures what it bought. Images, strategies that train the backbone"})
+    harden_method: str = field(default="teacher", metadata={
+        "help": f"one of {HARDEN_METHODS}: 'teacher' trains on each image's teacher-only perturbation (computed "
+                "once on the public base weights; targets inheritance, about the cost of plain fine-tuning), "
+                "'adversarial' on white-box PGD examples of the model itself (an extra pass per step)"})
+    harden_eps: float = field(default=8.0, metadata={
+        "help": "L-inf budget of the hardening perturbations, in 1/255 steps of a [0, 1] pixel (8 = 8/255)"})
+    harden_steps: int | None = field(default=None, metadata={
+        "help": "attack steps per perturbation; default 5 for 'teacher' (run once), 1 for 'adversarial' "
+                "(every step: FGSM with a random start)"})
+    harden_mix: float = field(default=0.5, metadata={
+        "help": "share of each batch replaced by its perturbed copy while the backbone trains"})
     track: str | None = field(default=None, metadata={
         "help": f"log the fit to one of {TRACKERS}: options, per-epoch metrics, final metrics and baselines, "
                 "the run folder (pip install 'headstart[track]')"})
@@ -86,6 +101,8 @@ class TrainConfig:
         check_choice("engine", self.engine, ENGINES)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("long_texts", self.long_texts, LONG_TEXTS)
+        check_choice("harden_method", self.harden_method, HARDEN_METHODS)
+        self._check_harden()
         if self.track is not None:
             check_choice("track", self.track, TRACKERS)
         if self.track_uri is not None and self.track is None:
@@ -112,6 +129,22 @@ class TrainConfig:
                                  "the number of leading backbone stages to keep frozen.")
         if self.strategy == "linear-probe" and self.head_epochs == 0:
             raise HeadstartError("strategy 'linear-probe' trains only the head: head_epochs must be > 0.")
+
+    def _check_harden(self) -> None:
+        if not 0.5 <= self.harden_eps <= 64:
+            hint = (f" It looks like a [0, 1] value: pass {self.harden_eps * 255:.0f} for {self.harden_eps * 255:.0f}/255."
+                    if 0 < self.harden_eps < 0.5 else "")
+            raise HeadstartError(f"harden_eps is in 1/255 pixel steps and must be in [0.5, 64]; got "
+                                 f"{self.harden_eps}.{hint}")
+        if not 0.0 < self.harden_mix <= 1.0:
+            raise HeadstartError(f"harden_mix must be in (0, 1]; got {self.harden_mix}.")
+        if self.harden_steps is not None and self.harden_steps < 1:
+            raise HeadstartError(f"harden_steps must be >= 1; got {self.harden_steps}.")
+        if self.harden and self.strategy in ("linear-probe", "auto"):
+            why = ("trains only the head on the frozen backbone's features, which are the teacher's own"
+                   if self.strategy == "linear-probe" else "may keep a linear probe or a from-scratch model")
+            raise HeadstartError(f"--harden changes how the backbone fine-tunes, and strategy {self.strategy!r} {why}: "
+                                 "use --strategy two-stage (or full, partial) with --harden.")
 
     @property
     def effective_layer_decay(self) -> float:

@@ -25,6 +25,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from headstart.assess.calibration import apply_temperature
 from headstart.assess.metrics import classification_metrics
 from headstart.assess.plan import plan_for_data
+from headstart.audit import AuditResult
+from headstart.audit import audit as run_audit
+from headstart.audit.harden import hardening, measured_tradeoff
 from headstart.candidates import TRANSFER, Candidate, choose, score, simple_candidates
 from headstart.config import TrainConfig
 from headstart.data import class_list, encode_labels, stratified_split
@@ -196,19 +199,23 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.fitted_config_ = cfg
         self.skipped_ = skipped
 
+        objective = self._hardening(cfg, data)
         metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
         main = accel.is_main_process
         baselines = modality.baselines(self.model_, backbone, cfg) if cfg.baselines and main else None
         tracker = self._open_tracker(cfg, out, labelled, data) if cfg.track and main else None
         self.tracking_ = tracker.info() if tracker is not None else None
         try:
-            self.history_ = fit(self.model_, backbone, data, cfg, accelerator=accel,
+            self.history_ = fit(self.model_, backbone, data, cfg, accelerator=accel, objective=objective,
                                 augment=modality.augmentation(cfg), callbacks=[tracker] if tracker else (),
                                 metrics_path=metrics_path, progress=progress, checkpoint_path=checkpoint_path,
                                 resume=ckpt)
             self.data_info_ = {"origin": labelled.origin, "n_train": len(data.x_train),
                                "n_val": 0 if data.x_val is None else len(data.x_val), "n_skipped": len(skipped),
                                "skipped": skipped[:50], **modality.data_info(backbone, train_ex)}
+            if self.hardening_ is not None and main:  # the trade-off it bought, measured on validation
+                self.hardening_["validation"] = measured_tradeoff(self.model_, self.backbone_info_["spec"],
+                                                                  self.preprocess_, data.x_val, data.y_val, cfg)
             self.fit_seconds_ = round(time.perf_counter() - t0, 2)
             # What transfer bought: the linear probe and a no-pretraining model, on the same split.
             self.baselines_ = baselines.run(self, data, train_ex, val_ex) if baselines is not None else None
@@ -229,6 +236,25 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if tracker is not None:
             tracker.finish(self, Path(out) if out is not None else None)
         return self
+
+    def _hardening(self, cfg: TrainConfig, data: TrainData):
+        """``--harden``: the defence's objective, with the perturbed training images it needs in ``data``."""
+        self.hardening_ = None
+        if not cfg.harden:
+            return None
+        objective, extra, self.hardening_ = hardening(cfg, self.backbone_info_["spec"], self.preprocess_,
+                                                      data.x_train)
+        data.extra.update(extra)
+        data.paired = tuple(extra)
+        return objective
+
+    def audit(self, data, y: Sequence | None = None, **options) -> AuditResult:
+        """The adversarial-robustness audit of this model on labelled ``data`` (see :mod:`headstart.audit`):
+        white-box FGSM/PGD/APGD-CE and the teacher-only attack with its controls. ``options`` are
+        :class:`~headstart.audit.AuditConfig` fields, e.g. ``eps=(2/255, 4/255, 8/255)``, ``n=200``,
+        ``quick=True``; ``control_data`` trains the unrelated control network (default: this run's data)."""
+        self._check_fitted()
+        return run_audit(self, data, y, **options)
 
     def _keep_better(self, baselines, val_ex) -> dict[str, Any]:
         """``auto``: the transfer model, the simple model(s) and (texts) the hybrid, scored on the validation
@@ -476,6 +502,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "data": self.data_info_,
             "baselines": self.baselines_,
             "distillation": getattr(self, "distillation_", None),
+            "hardening": getattr(self, "hardening_", None),
             "calibration": getattr(self, "calibration_", None),
             "tracking": getattr(self, "tracking_", None),
         }
@@ -571,6 +598,7 @@ def load(directory: str | Path) -> TransferClassifier:
     clf.history_, clf.plan_, clf.profile_ = None, None, None
     clf.data_info_, clf.baselines_ = run.meta.get("data"), run.meta.get("baselines")
     clf.distillation_ = run.meta.get("distillation")
+    clf.hardening_ = run.meta.get("hardening")
     clf.selection_ = run.meta.get("selection")
     clf.calibration_ = run.meta.get("calibration")
     clf.tracking_ = run.meta.get("tracking")

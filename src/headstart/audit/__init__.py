@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from headstart.audit.attacks import apgd, feature_attack, fgsm, pgd, random_noise
+from headstart.audit.harden import teacher_features
 from headstart.data import decode_all
 from headstart.errors import HeadstartError
 from headstart.storage import atomic_path
@@ -190,7 +191,7 @@ def _white_box(model, x, y, cfg: AuditConfig) -> list[dict[str, Any]]:
 
 
 def _teacher_only(clf, model, x, y, clean_right, cfg: AuditConfig, control_data) -> list[dict[str, Any]]:
-    teacher = _teacher_features(clf)
+    teacher = teacher_features(clf.backbone_info_["spec"], clf.preprocess_)
     if teacher is None:
         return []
     control, control_what = _control_features(clf, cfg, control_data)
@@ -219,21 +220,6 @@ def _teacher_only(clf, model, x, y, clean_right, cfg: AuditConfig, control_data)
         log.info("audit: teacher-only %.1f/255: %.1f %% of the correct points fooled (random %.1f %%)", eps * 255,
                  100 * row["teacher_success"], 100 * row["random_noise_success"])
     return rows
-
-
-def _teacher_features(clf) -> Callable | None:
-    """The public pretrained backbone alone (weights as published, the run's normalisation), or None when
-    the run has no pretrained teacher (a from-scratch or TF-IDF model)."""
-    from headstart.encoders import get_backbone
-
-    spec = clf.backbone_info_["spec"]
-    if spec.startswith(("scratch:", "tfidf", "hybrid:")):
-        return None
-    base = get_backbone(spec, pretrained=True)
-    net = _fp32(base.module)
-    mean = torch.tensor(clf.preprocess_.mean).view(1, 3, 1, 1)
-    std = torch.tensor(clf.preprocess_.std).view(1, 3, 1, 1)
-    return lambda z: net((z - mean) / std)
 
 
 def _control_features(clf, cfg: AuditConfig, control_data) -> tuple[Callable | None, str]:

@@ -71,6 +71,7 @@ def print_fit_summary(console, run, fit_seconds: float) -> None:
             console.print(f"  {name}: {why}")
     print_baselines(console, run.meta.get("baselines"))
     print_selection(console, run.meta.get("selection"))
+    print_hardening(console, run.meta.get("hardening"))
 
 
 def print_selection(console, selection) -> None:
@@ -80,6 +81,18 @@ def print_selection(console, selection) -> None:
     rows = " | ".join(f"{c['name']} {c['val_acc']:.4f} ({c['seconds']:.0f}s)" for c in selection["candidates"])
     console.print(f"auto candidates on {selection['n_val']} validation examples: {rows}", highlight=False)
     console.print(f"[bold]kept: {selection['winner']}[/bold] — {selection['reason']}", highlight=False)
+
+
+def print_hardening(console, record) -> None:
+    """``--harden``: the defence that ran, and what it measured on the validation split."""
+    if not record:
+        return
+    console.print(f"hardened ({record['method']}): {record['what']}", highlight=False)
+    val = record.get("validation") or {}
+    if val:
+        console.print(f"  on {val['n']} validation images: accuracy {val['val_acc']:.4f}, the {val['attack']} fools "
+                      f"{100 * val['teacher_only_success']:.1f} % of the ones it gets right "
+                      "(`headstart audit` for the full picture)", highlight=False)
 
 
 def print_baselines(console, rep) -> None:

@@ -112,6 +112,9 @@ class TextModality:
             raise HeadstartError("strategy 'auto' for texts chooses between the transfer model and TF-IDF, which "
                                  "needs the baselines: drop --no-baselines, or pick linear-probe, partial, full or "
                                  "two-stage yourself.")
+        if cfg.harden:
+            raise HeadstartError("--harden defends against perturbations in the [0, 1] pixel space, which token ids "
+                                 "do not have (`headstart audit` says the same of text runs): drop --harden.")
         if cfg.cut_stage is not None:
             raise HeadstartError("cut_stage drops the top stages of image backbones; text backbones keep every "
                                  "layer (freeze the lower ones with --freeze-stages instead).")

@@ -53,6 +53,8 @@ class TrainData:
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # aligned with x_train; reach Batch.extra
+    # Names of extra tensors that are images like x_train (a perturbed copy): cropped and flipped with it.
+    paired: tuple[str, ...] = ()
 
 
 @dataclass
@@ -211,7 +213,9 @@ def _model_inputs(model, data, cfg, phase, history: History, augment) -> PhaseIn
     to_fast_layout(model)
     groups = param_groups(model, model.stages, cfg)
     val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
-    split = split_for_prefix_cache(model) if (phase.frozen and augment is None and cfg.use_feature_cache) else None
+    # (Paired images need the whole model on pixels: a prefix cache would hand the objective activations.)
+    cacheable = phase.frozen and augment is None and cfg.use_feature_cache and not data.paired
+    split = split_for_prefix_cache(model) if cacheable else None
     if split is not None:
         # Frozen prefix + no augmentation: its output never changes, so run it once, not every epoch.
         prefix, suffix, _ = split
@@ -252,7 +256,7 @@ def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: 
         t0 = time.perf_counter()
         module.train()
         loss_sum, correct, seen = _epoch(module, loader, optimizer, scheduler, objective, phase, accel,
-                                         inputs.augment, names)
+                                         inputs.augment, names, data.paired if inputs.augment else ())
         seconds = time.perf_counter() - t0
         rec = {"phase": phase.name, "phase_index": state.phase_index, "epoch": epoch,
                "train_loss": round(loss_sum / max(seen, 1), 5), "train_acc": round(correct / max(seen, 1), 5),
@@ -282,12 +286,15 @@ def shuffled_loader(dataset, batch_size: int, generator: torch.Generator, world:
 
 
 def _epoch(module, loader, optimizer, scheduler, objective: Objective, phase: Phase, accel, augment,
-           names: list[str]) -> tuple[float, int, int]:
+           names: list[str], paired: Sequence[str] = ()) -> tuple[float, int, int]:
     """One pass over the training batches: (summed loss, correct, examples) over every process."""
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y, *extra in loader:
         check_stop()  # a Ctrl-C whose KeyboardInterrupt was swallowed still stops here
-        batch = Batch(augment(x) if augment is not None else x, y, dict(zip(names, extra)))
+        extra = dict(zip(names, extra))
+        if augment is not None:
+            x, extra = _augment_together(augment, x, extra, paired)
+        batch = Batch(x, y, extra)
         out = objective.loss(module, batch, phase=phase)
         accel.backward(out.loss)
         optimizer.step()
@@ -301,6 +308,15 @@ def _epoch(module, loader, optimizer, scheduler, objective: Objective, phase: Ph
         totals = accel.reduce(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), reduction="sum")
         loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
     return loss_sum, correct, seen
+
+
+def _augment_together(augment: Callable, x: torch.Tensor, extra: dict, paired: Sequence[str]):
+    """Augment ``x`` and the paired images with one draw: stacked along channels, one crop and flip."""
+    if not paired:
+        return augment(x), extra
+    out = augment(torch.cat([x] + [extra[k] for k in paired], dim=1))
+    parts = out.split(x.shape[1], dim=1)
+    return parts[0], {**extra, **dict(zip(paired, parts[1:]))}
 
 
 @torch.no_grad()
