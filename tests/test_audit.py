@@ -276,3 +276,20 @@ def test_harden_trains_saves_and_audits_from_the_cli(audited_run, tmp_path, meth
     assert any(p["name"] == "finetune" for p in clf.meta_["history"]["phases"])
     result = clf.audit(str(test), eps=(8 / 255,), l2_eps=(), n=8, quick=True, control_seconds=1)
     assert result.applies and len(result.teacher_only) == 1
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_a_fooled_point_is_kept_and_not_attacked_further(attack):
+    model = tiny_linear()
+    x, y = batch(n=16)
+    forwarded = []
+
+    def counting(z):
+        forwarded.append(len(z))
+        return model(z)
+
+    run = pgd if attack == "pgd" else apgd
+    adv = run(counting, x, y, 0.5, steps=10)  # a budget that fools a linear model at once
+    assert (model(adv).argmax(1) != y).all()
+    assert sum(forwarded) < 16 * 10 / 2  # most points left after their first pass
+    assert (adv - x).abs().max() <= 0.5 + 1e-6

@@ -29,6 +29,7 @@ from torch import nn
 
 from headstart.audit.attacks import _grad, _project, _random_start, feature_attack
 from headstart.config import TrainConfig
+from headstart.device import to_fast_layout
 from headstart.train.objectives import Batch, Objective, StepOutput
 from headstart.train.strategies import Phase
 
@@ -48,12 +49,12 @@ def teacher_features(spec: str, preprocess) -> Callable[[torch.Tensor], torch.Te
 
     if spec.startswith(("scratch:", "tfidf", "hybrid:")):
         return None
-    net = get_backbone(spec, pretrained=True).module.float().eval()
+    net = to_fast_layout(get_backbone(spec, pretrained=True).module.float().eval())
     for p in net.parameters():
         p.requires_grad_(False)  # gradients flow to the inputs only
     mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-    return lambda z: net((z - mean) / std)
+    return lambda z: net(((z - mean) / std).contiguous(memory_format=torch.channels_last))
 
 
 def teacher_perturbed(teacher: Callable, pixels: torch.Tensor, eps: float, *, steps: int, seed: int,
