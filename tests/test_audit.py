@@ -276,6 +276,15 @@ def test_harden_trains_saves_and_audits_from_the_cli(audited_run, tmp_path, meth
     assert any(p["name"] == "finetune" for p in clf.meta_["history"]["phases"])
     result = clf.audit(str(test), eps=(8 / 255,), l2_eps=(), n=8, quick=True, control_seconds=1)
     assert result.applies and len(result.teacher_only) == 1
+    result.save(out / "audit.json")  # where `headstart audit` saves it: the report reads it from there
+
+    from headstart.report import write_report
+
+    page, _ = write_report(out)
+    text = page.read_text()
+    section = text[text.index('<section id="robustness">'):]
+    assert f"Hardened ({method})" in section and "teacher-only success" in section and "8/255" in section
+    assert "apgd-ce" in section and "sanity check" in section
 
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])

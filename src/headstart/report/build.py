@@ -39,6 +39,7 @@ class Contents:
     reliability_after: Any | None
     validation: Predictions | None
     notes: list[str] = field(default_factory=list)
+    audit: dict[str, Any] | None = None  # RUN/audit.json, written by `headstart audit`
 
 
 def bootstrap_interval(correct: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
@@ -144,8 +145,14 @@ def build(run_dir: str | Path, test=None, *, test_labels=None, clf=None) -> tupl
     contents = Contents(clf.run_, evaluated, metrics, bootstrap_interval(correct),
                         most_confused(np.array(metrics["confusion_matrix"]), classes),
                         top_losses(evaluated, classes, examples, positions), calibration, before, after, validation,
-                        notes)
+                        notes, saved_audit(run_dir))
     return contents, clf
+
+
+def saved_audit(run_dir: Path) -> dict[str, Any] | None:
+    """The run's last ``headstart audit`` (RUN/audit.json), or None when it was never audited there."""
+    path = run_dir / "audit.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _positions(examples, pred: Predictions) -> list[int] | None:

@@ -132,6 +132,36 @@ def _baselines(c: Contents) -> str:
     return html
 
 
+def _robustness(c: Contents) -> str:
+    """`headstart audit`'s tables (RUN/audit.json) and the --harden record, when the run has them."""
+    a, hard = c.audit, c.run.meta.get("hardening")
+    html = ""
+    if hard:
+        html += f"<p>Hardened ({escape(hard['method'])}): {escape(hard['what'])}.</p>"
+        val = hard.get("validation") or {}
+        if val:
+            html += _table(["on the validation split", ""], [
+                ["images", val["n"]], ["accuracy", val["val_acc"]],
+                [f"share of the right ones the {val['attack']} fools", val["teacher_only_success"]]], {1})
+    if not a:
+        return html + "<p>Not audited yet: <code>headstart audit RUN TEST</code> writes RUN/audit.json, shown here.</p>"
+    if not a["applies"]:
+        return html + f"<p>{escape(a['statement'])}</p>"
+    t = a["threat_model"]
+    html += (f"<p>{escape(a['statement'])}.</p><p class=sub>{t['n_points']} test points, inputs in "
+             f"{escape(t['input_space'])}, seed {t['seed']}{', quick mode' if t.get('quick') else ''}; "
+             f"the audit took {a['seconds']:.0f} s. Clean accuracy on these points: {a['clean_acc']:.4f}.</p>")
+    html += _table(["white-box attack", "norm", "budget", "accuracy"],
+                   [[r["attack"], r["norm"], f"{r['eps_255']:g}/255" if r["norm"] == "linf" else f"{r['eps']:g}",
+                     r["accuracy"]] for r in a["white_box"]], {3})
+    if a["teacher_only"]:
+        html += _table(["budget", "teacher-only success", "random-noise control", "unrelated-network control"],
+                       [[f"{r['eps_255']:g}/255", r["teacher_success"], r["random_noise_success"],
+                         r.get("unrelated_success")] for r in a["teacher_only"]], {1, 2, 3})
+    html += _table(["sanity check", "passed"], [[s["check"], "yes" if s["passed"] else "NO"] for s in a["sanity"]])
+    return html
+
+
 def _json_block(title: str, value: Any) -> str:
     import json
 
@@ -146,8 +176,10 @@ def render(c: Contents) -> str:
                 _section("Classes", _classes(c), "classes"), _section("Top losses", _losses(c), "losses"),
                 _section("Calibration", _calibration(c), "calibration"),
                 _section("Was transfer worth it? Baselines", _baselines(c), "baselines")]
+    if c.audit or run.meta.get("hardening"):
+        sections.append(_section("What the model inherits: robustness", _robustness(c), "robustness"))
     for key, title_ in (("plan", "Plan (strategy auto)"), ("distillation", "Distillation"),
-                        ("adaptation", "Domain adaptation"), ("audit", "Robustness audit")):
+                        ("adaptation", "Domain adaptation")):
         if run.meta.get(key):
             sections.append(_section(title_, _json_block(f"{key} as recorded in headstart.json", run.meta[key]), key))
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
