@@ -302,3 +302,24 @@ def test_a_fooled_point_is_kept_and_not_attacked_further(attack):
     assert (model(adv).argmax(1) != y).all()
     assert sum(forwarded) < 16 * 10 / 2  # most points left after their first pass
     assert (adv - x).abs().max() <= 0.5 + 1e-6
+
+
+def test_adversarial_hardening_attacks_pixels_even_where_a_prefix_cache_would_run(audited_run, monkeypatch):
+    """partial + no augmentation normally trains the suffix on cached prefix activations; an attack in pixel
+    space must get the pixels instead."""
+    from headstart import TransferClassifier, load
+    from headstart.audit import harden
+
+    seen = []
+    real = harden.AdversarialObjective._perturb
+
+    def spy(self, model, x, y):
+        seen.append(tuple(x.shape[1:]))
+        return real(self, model, x, y)
+
+    monkeypatch.setattr(harden.AdversarialObjective, "_perturb", spy)
+    run, _ = audited_run
+    TransferClassifier(load(run).backbone_info_["spec"], strategy="partial", freeze_stages=1, augment=False, harden=True,
+                       harden_method="adversarial", epochs=1, head_epochs=0, baselines=False, precision="fp32",
+                       val_fraction=0).fit(str(run.parent / "train"))
+    assert seen and all(s[0] == 3 for s in seen)  # (3, S, S) images, not activations

@@ -85,6 +85,7 @@ class TeacherTransferObjective(Objective):
     perturbed copies (``batch.extra[TEACHER_ADV]``, cropped and flipped with the image)."""
 
     name = "cross-entropy, teacher-perturbed copies mixed in"
+    needs_inputs = True
 
     def __init__(self, label_smoothing: float = 0.0, *, mix: float = 0.5):
         super().__init__(label_smoothing)
@@ -102,6 +103,7 @@ class AdversarialObjective(Objective):
     the model as it is at this step (random start; ``steps=1`` with step 1.25 eps is FGSM-RS)."""
 
     name = "cross-entropy, PGD adversarial examples mixed in"
+    needs_inputs = True
 
     def __init__(self, label_smoothing: float = 0.0, *, eps: float, steps: int = 1, mix: float = 0.5):
         super().__init__(label_smoothing)

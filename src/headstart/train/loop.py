@@ -148,7 +148,7 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
         # Resume restores the freeze state of the phase it stopped in (Lightning #21901 loses it).
         apply_freeze(model, backbone.stages, phase.frozen)
         t0 = time.perf_counter()
-        inputs = _phase_inputs(model, backbone, data, cfg, phase, state, history, augment)
+        inputs = _phase_inputs(model, backbone, data, cfg, phase, state, history, augment, objective)
         ph = _train_phase(inputs, data, replace(phase, epochs=inputs.epochs), objective, callbacks, state)
         state.done_records += ph.records
         state.done_phases.append({"name": phase.name, "frozen_stages": phase.frozen, "epochs_run": len(ph.records),
@@ -167,10 +167,11 @@ def _hook(callbacks: Sequence[Callback], name: str, *args) -> None:
         getattr(cb, name)(*args)
 
 
-def _phase_inputs(model, backbone, data, cfg, phase: Phase, state: FitState, history: History, augment):
+def _phase_inputs(model, backbone, data, cfg, phase: Phase, state: FitState, history: History, augment,
+                  objective: Objective):
     if phase.head_only(len(backbone.stages)):
         return _head_on_features(model, backbone, data, cfg, phase, state, history.inference_precision)
-    return _model_inputs(model, data, cfg, phase, history, augment)
+    return _model_inputs(model, data, cfg, phase, history, augment, raw=objective.needs_inputs or bool(data.paired))
 
 
 def _head_on_features(model, backbone, data, cfg, phase, state: FitState, precision: str) -> PhaseInputs:
@@ -209,12 +210,12 @@ def _head_on_features(model, backbone, data, cfg, phase, state: FitState, precis
                        info=info)
 
 
-def _model_inputs(model, data, cfg, phase, history: History, augment) -> PhaseInputs:
+def _model_inputs(model, data, cfg, phase, history: History, augment, raw: bool = False) -> PhaseInputs:
     to_fast_layout(model)
     groups = param_groups(model, model.stages, cfg)
     val = (data.x_val, data.y_val) if data.x_val is not None and len(data.x_val) else None
-    # (Paired images need the whole model on pixels: a prefix cache would hand the objective activations.)
-    cacheable = phase.frozen and augment is None and cfg.use_feature_cache and not data.paired
+    # raw: the objective attacks pixels, or images ride along; a prefix cache would hand it activations.
+    cacheable = phase.frozen and augment is None and cfg.use_feature_cache and not raw
     split = split_for_prefix_cache(model) if cacheable else None
     if split is not None:
         # Frozen prefix + no augmentation: its output never changes, so run it once, not every epoch.

@@ -35,6 +35,9 @@ class Objective:
     """Cross-entropy on the labels, with label smoothing: the default objective of every fit."""
 
     name = "cross-entropy"
+    # True when the loss needs the model's own inputs while the backbone trains (an attack in pixel space):
+    # the loop then never swaps in a frozen-prefix cache, whose outputs are activations, not pixels.
+    needs_inputs = False
 
     def __init__(self, label_smoothing: float = 0.0):
         self.label_smoothing = label_smoothing
