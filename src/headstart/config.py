@@ -13,6 +13,7 @@ ENGINES = ("auto", "torch", "openvino")  # inference engines of frozen-backbone 
 SCHEDULES = ("cosine", "onecycle")
 LONG_TEXTS = ("window", "truncate")  # hf: texts longer than the encoder's max length
 HARDEN_METHODS = ("teacher", "adversarial")  # defences of --harden (audit/harden.py)
+SSL_METHODS = ("auto", "self-training", "label-propagation")  # of --unlabeled (headstart/semi)
 TRACKERS = ("tensorboard", "mlflow")  # experiment tracking of a fit (headstart/track)
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
 
@@ -88,6 +89,16 @@ class TrainConfig:
                 "(every step: FGSM with a random start)"})
     harden_mix: float = field(default=0.5, metadata={
         "help": "share of each batch replaced by its perturbed copy while the backbone trains"})
+    ssl_method: str = field(default="auto", metadata={
+        "help": f"one of {SSL_METHODS}: how --unlabeled examples train the head on the run's embeddings. "
+                "'self-training' pseudo-labels the most confident share of each predicted class, more each "
+                "round; 'label-propagation' spreads the labels over a nearest-neighbour graph; 'auto' tries "
+                "both and keeps the best on validation, or the supervised head when neither beats it"})
+    ssl_threshold: float = field(default=0.5, metadata={
+        "help": "--unlabeled: the least confidence a pseudo-label may have (softmax, or propagated label share)"})
+    ssl_rounds: int = field(default=5, metadata={
+        "help": "self-training rounds; round r pseudo-labels the r/rounds most confident share of each class"})
+    ssl_neighbors: int = field(default=10, metadata={"help": "label-propagation: neighbours per example"})
     track: str | None = field(default=None, metadata={
         "help": f"log the fit to one of {TRACKERS}: options, per-epoch metrics, final metrics and baselines, "
                 "the run folder (pip install 'headstart[track]')"})
@@ -102,6 +113,11 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("long_texts", self.long_texts, LONG_TEXTS)
         check_choice("harden_method", self.harden_method, HARDEN_METHODS)
+        check_choice("ssl_method", self.ssl_method, SSL_METHODS)
+        if not 0.0 <= self.ssl_threshold < 1.0:
+            raise HeadstartError(f"ssl_threshold is a confidence in [0, 1); got {self.ssl_threshold}.")
+        _positive("ssl_rounds", self.ssl_rounds)
+        _positive("ssl_neighbors", self.ssl_neighbors)
         self._check_harden()
         if self.track is not None:
             check_choice("track", self.track, TRACKERS)

@@ -60,6 +60,7 @@ from headstart.modalities import (
     modality_named,
     read_pool,
 )
+from headstart.semi import unlabeled_pool, use_unlabeled
 from headstart.storage import check_writable
 from headstart.train.distributed import is_main_process, make_accelerator
 from headstart.train.loop import TrainData, fit, preserved_rng, seed_everything
@@ -142,7 +143,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return self.modality.read(X, y, columns=self._columns(), purpose=purpose)
 
     # ------------------------------------------------------------------ training
-    def fit(self, X, y: Sequence | None = None, *, validation=None, out: str | Path | None = None,
+    def fit(self, X, y: Sequence | None = None, *, validation=None, unlabeled=None, out: str | Path | None = None,
             progress: Callable | None = None, resume: bool = False, overwrite: bool = False) -> "TransferClassifier":
         """Train on ``X``: images (a class-per-folder directory, a CSV, or images with labels ``y``) or
         texts (a CSV/TSV/JSONL/Parquet file, a DataFrame, a ``datasets.Dataset``, or texts with ``y``).
@@ -151,18 +152,22 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         killed run from it (same data and options), ending with the same weights as an unbroken run.
         A finished run, or an interrupted one, already in ``out`` is never replaced unless
         ``overwrite=True``; a fit that fails before its first checkpoint leaves no files behind.
+
+        ``unlabeled``: examples without labels (a folder of images, flat or nested; a CSV of paths; image
+        arrays; a text table) that train the head after the supervised fit, by the ``ssl_method`` option
+        (see :mod:`headstart.semi`); ``semi_supervised_`` records what was tried and kept.
         """
         created = out is not None and not Path(out).exists()
         try:
             with use_engine(self.resolved_config().engine):  # every frozen-feature pass of the fit, baselines too
-                return self._fit(X, y, validation=validation, out=out, progress=progress, resume=resume,
-                                 overwrite=overwrite)
+                return self._fit(X, y, validation=validation, unlabeled=unlabeled, out=out, progress=progress,
+                                 resume=resume, overwrite=overwrite)
         except BaseException:
             if out is not None and is_main_process():
                 discard_unfinished(out, created)
             raise
 
-    def _fit(self, X, y, *, validation, out, progress, resume, overwrite) -> "TransferClassifier":
+    def _fit(self, X, y, *, validation, unlabeled, out, progress, resume, overwrite) -> "TransferClassifier":
         t0 = time.perf_counter()
         modality = modality_for(self.backbone)
         cfg = modality.check_config(self.resolved_config())
@@ -174,6 +179,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                             "CLI: --encoding).")
         self.classes_ = class_list(labelled.labels)
         train_ex, val_ex = self._split(labelled, validation, cfg)
+        pool, dropped = (unlabeled_pool(modality, self._read_pool(modality, unlabeled), [train_ex, val_ex])
+                         if unlabeled is not None else (None, 0))  # a bad pool fails before training
         if val_ex is None or not len(val_ex):
             why = ("val_fraction=0 (CLI: --val-fraction 0)" if cfg.val_fraction == 0 else
                    "no class has enough examples to hold one out")
@@ -213,6 +220,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             self.data_info_ = {"origin": labelled.origin, "n_train": len(data.x_train),
                                "n_val": 0 if data.x_val is None else len(data.x_val), "n_skipped": len(skipped),
                                "skipped": skipped[:50], **modality.data_info(backbone, train_ex)}
+            self.semi_supervised_ = None
+            if pool is not None and main:  # the pool trains the head on the fitted backbone's embeddings
+                self.ssl_heads_, self.semi_supervised_ = use_unlabeled(
+                    self.model_, modality, backbone, data, pool, cfg, dropped=dropped,
+                    precision=self.history_.inference_precision)
             if self.hardening_ is not None and main:  # the trade-off it bought, measured on validation
                 self.hardening_["validation"] = measured_tradeoff(self.model_, self.backbone_info_["spec"],
                                                                   self.preprocess_, data.x_val, data.y_val, cfg)
@@ -236,6 +248,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if tracker is not None:
             tracker.finish(self, Path(out) if out is not None else None)
         return self
+
+    def _read_pool(self, modality: Modality, unlabeled):
+        return read_pool(modality, unlabeled, text_column=self.text_column, path_column=self.path_column)
 
     def _hardening(self, cfg: TrainConfig, data: TrainData):
         """``--harden``: the defence's objective, with the perturbed training images it needs in ``data``."""
@@ -273,11 +288,16 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             self.backbone_info_ = winner.backbone_info
         return record
 
-    def _run_metrics(self) -> dict[str, Any] | None:
-        """What the saved model scored: the kept epoch of training, or the candidate ``auto`` kept instead."""
+    def run_metrics(self) -> dict[str, Any] | None:
+        """What the kept model scored: the kept epoch of training, its head retrained on an unlabelled pool,
+        or the candidate ``auto`` kept instead."""
         if not self.history_:
             return self.meta_.get("metrics")
         metrics = self.final_metrics_()
+        semi = getattr(self, "semi_supervised_", None)
+        if semi and semi["method"] != "supervised":
+            metrics = {"val_acc": semi["val_acc"], "model": f"semi-supervised head ({semi['method']})",
+                       "supervised": metrics}
         selection = getattr(self, "selection_", None)
         if selection and selection["winner"] != TRANSFER:
             row = next(c for c in selection["candidates"] if c["name"] == selection["winner"])
@@ -378,8 +398,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 clear_run(out)
         labelled = self._read(data if data is not None else self._training_source(), y, purpose="train")
         train_ex, val_ex = self._split(labelled, validation, self.fitted_config_)  # the teacher's own split
-        pool = (read_pool(self.modality_, unlabeled, text_column=self.text_column, path_column=self.path_column)
-                if unlabeled is not None else None)
+        pool = self._read_pool(self.modality_, unlabeled) if unlabeled is not None else None
         result = run_distill(self._as_teacher(), settings, cfg, train_ex, val_ex, pool, out=out, progress=progress,
                              resume=resume)
         return self._student(result, labelled.origin, out)
@@ -392,7 +411,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                              "pass the data it was trained on: data=... (CLI: --data PATH).")
 
     def _as_teacher(self) -> Teacher:
-        metrics = self._run_metrics() or {}
+        metrics = self.run_metrics() or {}
         return Teacher(self.model_, self.modality_, self.preprocess_, self.tokenizer_, list(self.classes_),
                        spec=self.backbone_info_["spec"], run=str(self.run_.path) if self.run_ is not None else None,
                        recorded_val_acc=metrics.get("val_acc"))
@@ -497,12 +516,13 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "history": {"phases": history.phases, "precision": history.precision,
                         "inference_precision": history.inference_precision,
                         "seconds": history.seconds} if history else None,
-            "metrics": self._run_metrics(),
+            "metrics": self.run_metrics(),
             "selection": getattr(self, "selection_", None),
             "data": self.data_info_,
             "baselines": self.baselines_,
             "distillation": getattr(self, "distillation_", None),
             "hardening": getattr(self, "hardening_", None),
+            "semi_supervised": getattr(self, "semi_supervised_", None),
             "calibration": getattr(self, "calibration_", None),
             "tracking": getattr(self, "tracking_", None),
         }
@@ -599,6 +619,7 @@ def load(directory: str | Path) -> TransferClassifier:
     clf.data_info_, clf.baselines_ = run.meta.get("data"), run.meta.get("baselines")
     clf.distillation_ = run.meta.get("distillation")
     clf.hardening_ = run.meta.get("hardening")
+    clf.semi_supervised_ = run.meta.get("semi_supervised")
     clf.selection_ = run.meta.get("selection")
     clf.calibration_ = run.meta.get("calibration")
     clf.tracking_ = run.meta.get("tracking")

@@ -63,6 +63,8 @@ def print_fit_summary(console, run, fit_seconds: float) -> None:
                   f"{history['precision']} training / {history['inference_precision']} inference)")
     if "val_acc" in m and "phase" in m:
         console.print(f"best validation accuracy {m['val_acc']:.4f} ({m['phase']} epoch {m['epoch']})")
+    elif "val_acc" in m and "supervised" in m:
+        console.print(f"validation accuracy {m['val_acc']:.4f} ({m.get('model')}, trained with the unlabelled pool)")
     elif "val_acc" in m:
         console.print(f"validation accuracy {m['val_acc']:.4f} ({m.get('model')}, kept by --strategy auto)")
     if data.n_skipped:
@@ -72,6 +74,21 @@ def print_fit_summary(console, run, fit_seconds: float) -> None:
     print_baselines(console, run.meta.get("baselines"))
     print_selection(console, run.meta.get("selection"))
     print_hardening(console, run.meta.get("hardening"))
+    print_semi_supervised(console, run.meta.get("semi_supervised"))
+
+
+def print_semi_supervised(console, record) -> None:
+    """``--unlabeled``: each method's validation accuracy beside the supervised head's, and what was kept."""
+    if not record:
+        return
+    dropped = (f", {record['n_dropped_labelled']} copies of labelled examples dropped"
+               if record["n_dropped_labelled"] else "")
+    console.print(f"unlabelled pool: {record['n_used']:,} used of {record['n_pool']:,}{dropped} "
+                  f"(embedded in {record['embed_seconds']:.0f}s)", highlight=False)
+    rows = " | ".join(f"{c['name']} {c['val_acc']:.4f} ({c['n_pseudo']:,} pseudo-labels)" if c["val_acc"] is not None
+                      else f"{c['name']} ({c['n_pseudo']:,} pseudo-labels)" for c in record["candidates"])
+    console.print(f"  validation: {rows}", highlight=False)
+    console.print(f"  [bold]kept: {record['method']}[/bold] — {record['reason']}", highlight=False)
 
 
 def print_selection(console, selection) -> None:

@@ -226,7 +226,7 @@ class Baselines:
             log.info("baselines: %s", msg)
             return {"skipped": msg}
         t0 = time.perf_counter()
-        transfer_acc = clf.final_metrics_().get("val_acc")
+        transfer_acc = clf.run_metrics().get("val_acc")
         lp = self._linear_probe(clf, data)
         budget = float(cfg.baseline_seconds) if cfg.baseline_seconds else float(history.seconds)
         log.info("baselines: training a small model from scratch for %.0f s", budget)

@@ -59,7 +59,7 @@ def text_baselines(clf, train, val) -> dict[str, Any]:
     tfidf = tfidf_baseline(train, val, seed=clf.fitted_config_.seed)
     simple_right = tfidf.pop("val_correct")
     fitted = tfidf.pop("model")
-    transfer = clf.final_metrics_().get("val_acc")
+    transfer = clf.run_metrics().get("val_acc")
     head = [r for r in clf.history_.epochs if r.get("phase") == "head" and r.get("best")]
     probe = head[-1]["val_acc"] if head else None
     # Paired on the same texts: the transfer model's predictions on the rows it could encode.
