@@ -24,6 +24,7 @@ LAYERS = [
     ("headstart.track",),  # experiment tracking callbacks (TensorBoard, MLflow)
     ("headstart.distill",),  # teacher -> student: the transfer set, the KD objective, the report
     ("headstart.semi",),  # the examples nobody labelled: semi-supervised heads on the run's embeddings
+    ("headstart.adapt",),  # domain adaptation of a trained run to unlabelled target data, chosen label-free
     ("headstart.audit",),  # what a fine-tuned model inherits: attacks, the audit, the --harden objectives
     ("headstart.estimator", "headstart.text"),  # TransferClassifier, load
     ("headstart.discover",),  # unsupervised transfer: group an unlabelled pool (may read a run's backbone)

@@ -11,17 +11,21 @@ learns ends in ``_``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from headstart.adapt import AdaptConfig
+from headstart.adapt import adapt as run_adapt
 from headstart.assess.calibration import apply_temperature
 from headstart.assess.metrics import classification_metrics
 from headstart.assess.plan import plan_for_data
@@ -374,6 +378,42 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
     def _labels(self, examples, index: Sequence[int]) -> torch.Tensor:
         return encode_labels(aligned_labels([examples.labels[i] for i in index], self.classes_), self.classes_)
 
+    # ------------------------------------------------------------------ domain adaptation
+    def adapt(self, target, *, data=None, y: Sequence | None = None, validation=None, out: str | Path | None = None,
+              overwrite: bool = False, **options: Any) -> "TransferClassifier":
+        """Adapt this fitted model to unlabelled ``target`` examples (where it will be used: a folder of
+        images, flat or nested; a CSV of paths; arrays; a text table); returns the adapted classifier.
+
+        ``data`` defaults to this run's own training data, split as the fit split it (the source).
+        ``options`` are :class:`~headstart.adapt.AdaptConfig` fields (``method="auto"``, ``max_images``,
+        ...). With ``method="auto"`` a method is kept only when the label-free scores agree it beats the
+        source model; otherwise the returned classifier holds the source model, unchanged.
+        ``adaptation_`` holds the scores and the decision (saved in ``headstart.json``).
+        """
+        self._check_fitted()
+        settings = AdaptConfig(**options)
+        if out is not None:
+            refuse_to_replace(out, resume=False, overwrite=overwrite)
+            check_writable(out)
+            if overwrite:
+                clear_run(out)
+        labelled = self._read(data if data is not None else self._training_source(), y, purpose="train")
+        train_ex, val_ex = self._split(labelled, validation, self.fitted_config_)  # the fit's own split
+        pool = self._read_pool(self.modality_, target)
+        encoder = SimpleNamespace(preprocess=self.preprocess_, tokenizer=self.tokenizer_)
+        precision = resolve_precision(self.resolved_config().precision, next(self.model_.parameters()).device)
+        with use_engine(self.resolved_config().engine):
+            result = run_adapt(self.model_.eval(), self.modality_, encoder, train_ex, val_ex, pool, settings,
+                               self.fitted_config_, classes=list(self.classes_), precision=precision)
+        adapted = copy.copy(self)  # the same run in every other way: classes, preprocessing, history
+        adapted.model_, adapted.adaptation_, adapted.adapted_models_ = result.model, result.report, result.models
+        adapted.run_ = None
+        if out is not None:
+            adapted.save(out)
+            adapted.run_ = Run.open(out)
+            adapted.meta_ = adapted.run_.meta
+        return adapted
+
     # ------------------------------------------------------------------ distillation
     def distill(self, student: str = "scratch:tiny", *, data=None, y: Sequence | None = None, unlabeled=None,
                 validation=None, out: str | Path | None = None, progress: Callable | None = None,
@@ -523,6 +563,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "distillation": getattr(self, "distillation_", None),
             "hardening": getattr(self, "hardening_", None),
             "semi_supervised": getattr(self, "semi_supervised_", None),
+            "adaptation": getattr(self, "adaptation_", None),
             "calibration": getattr(self, "calibration_", None),
             "tracking": getattr(self, "tracking_", None),
         }
@@ -620,6 +661,7 @@ def load(directory: str | Path) -> TransferClassifier:
     clf.distillation_ = run.meta.get("distillation")
     clf.hardening_ = run.meta.get("hardening")
     clf.semi_supervised_ = run.meta.get("semi_supervised")
+    clf.adaptation_ = run.meta.get("adaptation")
     clf.selection_ = run.meta.get("selection")
     clf.calibration_ = run.meta.get("calibration")
     clf.tracking_ = run.meta.get("tracking")

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from headstart.adapt.config import AdaptConfig
 from headstart.cli import render
 from headstart.cli.options import with_config_options
 from headstart.cli.progress import EpochProgress
@@ -494,6 +495,39 @@ def _run_distill(args: dict, resume: bool, quiet: bool, overwrite: bool = False)
                                  out=out, progress=progress, resume=resume, **settings, **args["options"])
     render.print_fit_summary(console, result.run_, result.fit_seconds_)
     render.print_distillation(console, result.run_)
+
+
+@app.command()
+@with_config_options(AdaptConfig, into="settings")
+def adapt(
+    run: Path = typer.Argument(..., help="A run directory written by `headstart train` (the source model)."),
+    target: str = typer.Argument(..., help="Unlabelled examples of where the model will be used: a folder of "
+                                 "images (flat or nested), a CSV of image paths, or a text table (any label "
+                                 "column is ignored)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory of the adapted model (default: a "
+                                       "new runs/run-YYYYMMDD-HHMMSS; a finished run there is never replaced "
+                                       "without --overwrite)."),
+    data: Optional[str] = typer.Option(None, help="The source's labelled data (default: the run's training data, "
+                                       "as it recorded it; split as the fit split it)."),
+    val: Optional[str] = typer.Option(None, help="The source validation folder/table, if the run was trained "
+                                      "with one."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run in --out."),
+    settings: AdaptConfig = None,
+):
+    """Adapt a trained run to a shifted target domain from unlabelled target examples.
+
+    Every method that applies is tried and scored without target labels; one is kept only when the scores
+    agree it beats the source model, else the adapted run holds the source model. `headstart evaluate`
+    on labelled target data measures the result.
+    """
+    from headstart.estimator import load
+
+    console = render.console()
+    with render.show_logs(console, quiet):
+        result = load(run).adapt(target, data=data, validation=val, out=out or _fresh_out(), overwrite=overwrite,
+                                 **settings.to_dict())
+    render.print_adaptation(render.console(stderr=False), result.adaptation_, result.run_.path)
 
 
 @app.command()

