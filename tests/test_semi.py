@@ -228,3 +228,38 @@ def test_cli_train_with_unlabeled_prints_and_saves_the_choice(tmp_path):
     assert meta["semi_supervised"]["rounds"] == 2 and meta["config"]["ssl_rounds"] == 2
     args = json.loads((out / "train_args.json").read_text())
     assert args["unlabeled"] == str(pool)  # `headstart resume` trains with the same pool
+
+
+# ------------------------------------------------------------------ crash safety
+
+def test_kill_9_during_a_run_with_a_pool_then_resume_equals_the_unbroken_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from safetensors.torch import load_file
+    from test_resume import ARGS, _cli, _wait_for_checkpoint
+
+    x, y = make_images(n_per_class=24, size=48, seed=3)
+    xu, _ = make_images(n_per_class=40, size=48, seed=8)
+    data = write_folder(tmp_path / "data", x, y)
+    pool = write_folder(tmp_path / "pool", xu, ["u"] * len(xu))
+    args = [*ARGS, "--unlabeled", pool]
+    ref, run = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_cli("train", data, "--out", ref, *args), check=True, capture_output=True)
+    proc = subprocess.Popen(_cli("train", data, "--out", run, *args), env={**os.environ},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for_checkpoint(run / "checkpoint.pt", proc, phase_index=1), "run ended before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = subprocess.run(_cli("resume", run), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the semi-supervised head too
+    semi = [json.loads((d / "headstart.json").read_text())["semi_supervised"] for d in (ref, run)]
+    strip = [{k: v for k, v in s.items() if "seconds" not in k and k != "candidates"} for s in semi]
+    assert strip[0] == strip[1] and semi[0]["n_used"] == len(xu)

