@@ -85,19 +85,31 @@ def test_scores_measure_what_they_claim():
     assert snd(clusters) > snd(scattered) + 0.2
 
 
-def test_decide_keeps_the_source_model_unless_two_scores_agree_and_dev_does_not_predict_harm():
-    base = {"entropy": 1.0, "snd": 3.0, "dev": 0.5}
+def test_decide_keeps_the_source_model_unless_most_scores_agree_and_dev_does_not_predict_harm():
+    base = {"entropy": 1.0, "im": 1.0, "snd": 3.0, "class_ami": 0.5, "dev": 0.5}
     rows = {"source-only": base,
-            "a": {"entropy": 0.5, "snd": 3.5, "dev": 0.6},  # confident and dense, but DEV says it hurts
-            "b": {"entropy": 1.2, "snd": 2.0, "dev": 0.4}}  # one vote only
+            "a": {"entropy": 0.5, "im": 1.5, "snd": 3.5, "class_ami": 0.6, "dev": 0.6},  # 4 of 5, but DEV: harm
+            "b": {"entropy": 1.2, "im": 0.5, "snd": 2.0, "class_ami": 0.6, "dev": 0.4}}  # 2 of 5
     kept, why, votes = decide(rows)
-    assert kept == "source-only" and votes == {"a": 2, "b": 1} and "source model is kept" in why
-    rows["c"] = {"entropy": 0.8, "snd": 2.5, "dev": 0.45}  # entropy and DEV: 2 of 3, no harm
-    rows["d"] = {"entropy": 0.7, "snd": 3.2, "dev": 0.42}  # all three
+    assert kept == "source-only" and votes == {"a": 4, "b": 2} and "source model is kept" in why
+    rows["c"] = {"entropy": 0.8, "im": 1.1, "snd": 2.5, "class_ami": 0.4, "dev": 0.45}  # 3 of 5, no harm
+    rows["d"] = {"entropy": 0.7, "im": 1.2, "snd": 3.2, "class_ami": 0.7, "dev": 0.42}  # all five
     kept, why, votes = decide(rows)
-    assert kept == "d" and votes["c"] == 2 and votes["d"] == 3 and "won 3 of the 3" in why
-    no_val = {n: {**r, "dev": None} for n, r in rows.items()}  # no source validation: two scores left
-    assert decide(no_val)[0] in ("a", "d")
+    assert kept == "d" and votes["c"] == 3 and votes["d"] == 5 and "won 5 of the 5 voting scores" in why
+    # DEV abstaining (the domains do not overlap): four scores vote, three needed, and 'a' is no longer vetoed
+    kept, why, votes = decide(rows, abstain=("dev",))
+    assert votes["a"] == 4 and kept in ("a", "d") and "4 voting scores" in why
+
+
+def test_dev_abstains_when_the_domains_do_not_overlap():
+    from headstart.adapt.select import domain_weights
+
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(300, 4, generator=g)
+    _, near = domain_weights(source, torch.randn(300, 4, generator=g) + 0.2, source[:100])
+    _, apart = domain_weights(source, torch.randn(300, 4, generator=g) + 8.0, source[:100])
+    assert near["domain_acc"] < 0.7 and near["ess"] > 0.5
+    assert apart["domain_acc"] > 0.98  # adapt() then lets DEV abstain
 
 
 def test_methods_that_do_not_apply_are_named_with_why():

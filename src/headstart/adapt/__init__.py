@@ -24,7 +24,7 @@ from headstart.adapt.methods import (
     self_trained_head,
     shot_im,
 )
-from headstart.adapt.select import decide, domain_weights, scores
+from headstart.adapt.select import MAX_DOMAIN_ACC, MIN_ESS, decide, domain_weights, scores
 from headstart.config import TrainConfig
 from headstart.encoders.model import TransferModel
 from headstart.errors import DataError, HeadstartError
@@ -75,7 +75,17 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
     f_src, f_tgt = embed(model, src.x), embed(model, tgt.x)
     f_val = embed(model, val.x) if val is not None else None
     base = Feats(train=f_src, y_train=y_src, pool=f_tgt)
-    weights = domain_weights(f_src, f_tgt, f_val, seed=cfg.seed) if f_val is not None else None
+    weights, overlap = domain_weights(f_src, f_tgt, f_val, seed=cfg.seed) if f_val is not None else (None, None)
+    abstain = {}
+    if f_val is None:
+        abstain["dev"] = "no source validation split"
+    elif overlap["domain_acc"] >= MAX_DOMAIN_ACC:
+        abstain["dev"] = (f"the domains barely overlap: a linear classifier tells source from target features "
+                          f"apart {100 * overlap['domain_acc']:.1f} % of the time (held out), so no source "
+                          "example stands for the target")
+    elif overlap["ess"] < MIN_ESS:
+        abstain["dev"] = (f"the importance weights' effective sample size is {100 * overlap['ess']:.1f} % of the "
+                          f"{len(f_val)} source validation examples (under {100 * MIN_ESS:.0f} %): a few would decide")
 
     models, info = {"source-only": model}, {}
     for name in methods:
@@ -96,16 +106,17 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
         same_backbone = name == "source-only" or name in HEAD_ONLY
         ft = f_tgt if same_backbone else embed(m, tgt.x)
         fv = f_val if same_backbone or f_val is None else embed(m, val.x)
-        rows[name] = scores(head_probs(m.head, ft), head_probs(m.head, fv) if fv is not None else None, y_val,
+        rows[name] = scores(ft, head_probs(m.head, ft), head_probs(m.head, fv) if fv is not None else None, y_val,
                             weights, seed=cfg.seed)
     if cfg.method == "auto":
-        winner, why, votes = decide(rows)
+        winner, why, votes = decide(rows, abstain=tuple(abstain))
     else:
         winner, votes = cfg.method, {}
         why = f"--method {cfg.method} was asked for (the label-free scores are reported, not used)"
     log.info("adapt: %s", why)
     report = {
         "requested": cfg.method, "method": winner, "reason": why, "votes": votes, "scores": rows,
+        "abstained": abstain, "overlap": overlap,
         "methods": info, "not_applicable": {m: w for m, w in applicable(modality.name, model).items() if w},
         "n_target": n_target, "n_target_used": len(tgt.index), "n_source": len(src.index),
         "n_source_val": 0 if val is None else len(val.index), "target": getattr(target, "origin", None),

@@ -97,14 +97,18 @@ def print_adaptation(console, record, path) -> None:
 
     console.print(f"target: {record['n_target_used']:,} of {record['n_target']:,} examples; source: "
                   f"{record['n_source']:,} training, {record['n_source_val']:,} validation", highlight=False)
-    table = Table("method", "entropy (lower)", "SND (higher)", "DEV risk (lower)", "source val acc", "votes",
-                  title="label-free scores on the target")
+    abstained = record.get("abstained") or {}
+    of = 5 - len(abstained)
+    table = Table("method", "entropy (lower)", "IM (higher)", "SND (higher)", "ClassAMI (higher)", "DEV risk (lower)",
+                  "source val acc", "votes", title="label-free scores on the target")
     for name, s in record["scores"].items():
         fmt = (lambda v: "-" if v is None else f"{v:.4f}")  # noqa: E731
-        votes = "" if name == "source-only" else f"{record['votes'].get(name, '-')}/3" if record["votes"] else ""
-        table.add_row(name, fmt(s.get("entropy")), fmt(s.get("snd")), fmt(s.get("dev")),
-                      fmt(s.get("source_val_acc")), votes)
+        votes = "" if name == "source-only" else f"{record['votes'].get(name, '-')}/{of}" if record["votes"] else ""
+        table.add_row(name, fmt(s.get("entropy")), fmt(s.get("im")), fmt(s.get("snd")), fmt(s.get("class_ami")),
+                      fmt(s.get("dev")), fmt(s.get("source_val_acc")), votes)
     console.print(table)
+    for score, why in abstained.items():
+        console.print(f"  {score} did not vote: {why}", highlight=False)
     for name, why in record["not_applicable"].items():
         console.print(f"  not tried: {name} ({why})", highlight=False)
     console.print(f"[bold]kept: {record['method']}[/bold] — {record['reason']}", highlight=False)
