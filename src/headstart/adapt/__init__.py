@@ -24,7 +24,13 @@ from headstart.adapt.methods import (
     self_trained_head,
     shot_im,
 )
-from headstart.adapt.select import MAX_DOMAIN_ACC, MIN_ESS, decide, domain_weights, scores
+from headstart.adapt.select import (
+    MAX_DOMAIN_ACC,
+    MIN_ESS,
+    decide,
+    domain_weights,
+    scores,
+)
 from headstart.config import TrainConfig
 from headstart.encoders.model import TransferModel
 from headstart.errors import DataError, HeadstartError
