@@ -18,8 +18,9 @@ from test_text import corpus, glove_txt  # noqa: F401  (fixtures)
 from torch import nn
 
 from headstart import TransferClassifier, load
-from headstart.adapt import AdaptConfig, applicable
+from headstart.adapt import AdaptConfig
 from headstart.adapt.methods import adabn, coral_transform, information_maximisation
+from headstart.adapt.pipeline import applicable
 from headstart.adapt.select import decide, dev_risk, mean_entropy, snd
 from headstart.data.preprocess import PreprocessConfig
 from headstart.encoders.model import TransferModel

@@ -25,7 +25,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from headstart.adapt import AdaptConfig
-from headstart.adapt import adapt as run_adapt
+from headstart.adapt.pipeline import adapt as run_adapt
 from headstart.assess.calibration import apply_temperature
 from headstart.assess.metrics import classification_metrics
 from headstart.assess.plan import plan_for_data

@@ -1,0 +1,158 @@
+"""Domain adaptation (``headstart adapt RUN TARGET``, ``clf.adapt(target)``): a trained run and unlabelled
+examples of where it will be used in, an adapted run out — or the source model, kept on purpose.
+
+Read it top to bottom: draw and encode the target, embed source and target once with the source
+model, build every candidate the run's modality allows (:mod:`headstart.adapt.methods`), score each
+without target labels (:mod:`headstart.adapt.select`), keep one. Target labels are never read here:
+``headstart evaluate`` measures the result when some exist.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from headstart.adapt.config import ADAPT_METHODS, IMAGE_ONLY, AdaptConfig
+from headstart.adapt.methods import (
+    adabn,
+    batchnorms,
+    coral_head,
+    self_trained_head,
+    shot_im,
+)
+from headstart.adapt.select import (
+    MAX_DOMAIN_ACC,
+    MIN_ESS,
+    decide,
+    domain_weights,
+    scores,
+)
+from headstart.config import TrainConfig
+from headstart.encoders.model import TransferModel
+from headstart.errors import DataError, HeadstartError
+from headstart.features.cache import cached_features
+from headstart.semi.methods import Feats, head_probs
+
+log = logging.getLogger("headstart")
+__all__ = ["Adapted", "adapt", "applicable"]
+HEAD_ONLY = ("coral", "self-training")  # the backbone is unchanged: the source model's features serve
+
+
+@dataclass
+class Adapted:
+    model: TransferModel  # the model kept (the source model itself when source-only wins)
+    report: dict[str, Any]
+    models: dict[str, TransferModel] = field(default_factory=dict)  # every candidate, in memory only
+
+
+def applicable(modality_name: str, model: TransferModel) -> dict[str, str | None]:
+    """Each method (but auto) -> None when it applies to this model, else why not."""
+    out: dict[str, str | None] = {m: None for m in ADAPT_METHODS if m != "auto"}
+    if modality_name != "image":
+        for m in IMAGE_ONLY:
+            out[m] = "images only (text encoders have no BatchNorm and train on token ids)"
+    elif not batchnorms(model.backbone):
+        out["adabn"] = "the backbone has no BatchNorm layers"
+    return out
+
+
+def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg: AdaptConfig,
+          train_cfg: TrainConfig, *, classes: list, precision: str) -> Adapted:
+    """Adapt ``model`` (trained on ``train_ex``; ``val_ex`` its validation split) to ``target``."""
+    t0 = time.perf_counter()
+    methods = _methods(cfg.method, modality.name, model)
+    target, n_target = _draw(target, cfg.max_images, cfg.seed)
+    device = next(model.parameters()).device
+    tgt = modality.encode(target, encoder)
+    src = modality.encode(train_ex, encoder)
+    if not len(tgt.index):
+        raise DataError(f"None of the {n_target} target {modality.noun} could be read.")
+    y_src = _labels(train_ex, src.index, classes)
+    val = modality.encode(val_ex, encoder) if val_ex is not None and len(val_ex) else None
+    y_val = _labels(val_ex, val.index, classes) if val is not None else None
+
+    def embed(m, x):
+        return cached_features(m, x, preprocess=encoder.preprocess, precision=precision, device=device)[0].float()
+
+    f_src, f_tgt = embed(model, src.x), embed(model, tgt.x)
+    f_val = embed(model, val.x) if val is not None else None
+    base = Feats(train=f_src, y_train=y_src, pool=f_tgt)
+    weights, overlap = domain_weights(f_src, f_tgt, f_val, seed=cfg.seed) if f_val is not None else (None, None)
+    abstain = {}
+    if f_val is None:
+        abstain["dev"] = "no source validation split"
+    elif overlap["domain_acc"] >= MAX_DOMAIN_ACC:
+        abstain["dev"] = (f"the domains barely overlap: a linear classifier tells source from target features "
+                          f"apart {100 * overlap['domain_acc']:.1f} % of the time (held out), so no source "
+                          "example stands for the target")
+    elif overlap["ess"] < MIN_ESS:
+        abstain["dev"] = (f"the importance weights' effective sample size is {100 * overlap['ess']:.1f} % of the "
+                          f"{len(f_val)} source validation examples (under {100 * MIN_ESS:.0f} %): a few would decide")
+
+    models, info = {"source-only": model}, {}
+    for name in methods:
+        log.info("adapt: %s on %d target %s", name, len(tgt.index), modality.noun)
+        t = time.perf_counter()
+        if name == "adabn":
+            models[name] = adabn(model, tgt.x)
+        elif name == "coral":
+            models[name] = coral_head(model, base, train_cfg)
+        elif name == "self-training":
+            models[name], info[name] = self_trained_head(model, base, train_cfg)
+        elif name == "shot-im":
+            models[name], info[name] = shot_im(model, tgt.x, cfg)
+        info.setdefault(name, {})["seconds"] = round(time.perf_counter() - t, 2)
+
+    rows = {}
+    for name, m in models.items():
+        same_backbone = name == "source-only" or name in HEAD_ONLY
+        ft = f_tgt if same_backbone else embed(m, tgt.x)
+        fv = f_val if same_backbone or f_val is None else embed(m, val.x)
+        rows[name] = scores(ft, head_probs(m.head, ft), head_probs(m.head, fv) if fv is not None else None, y_val,
+                            weights, seed=cfg.seed)
+    if cfg.method == "auto":
+        winner, why, votes = decide(rows, abstain=tuple(abstain))
+    else:
+        winner, votes = cfg.method, {}
+        why = f"--method {cfg.method} was asked for (the label-free scores are reported, not used)"
+    log.info("adapt: %s", why)
+    report = {
+        "requested": cfg.method, "method": winner, "reason": why, "votes": votes, "scores": rows,
+        "abstained": abstain, "overlap": overlap,
+        "methods": info, "not_applicable": {m: w for m, w in applicable(modality.name, model).items() if w},
+        "n_target": n_target, "n_target_used": len(tgt.index), "n_source": len(src.index),
+        "n_source_val": 0 if val is None else len(val.index), "target": getattr(target, "origin", None),
+        "settings": cfg.to_dict(), "seconds": round(time.perf_counter() - t0, 2),
+        "note": "chosen without target labels; `headstart evaluate` on labelled target data measures the result",
+    }
+    return Adapted(models[winner], report, models)
+
+
+def _methods(method: str, modality_name: str, model: TransferModel) -> list[str]:
+    allowed = applicable(modality_name, model)
+    if method == "auto":
+        return [m for m, why in allowed.items() if why is None and m != "source-only"]
+    if allowed[method] is not None:
+        raise HeadstartError(f"--method {method} does not apply to this run: {allowed[method]}. Use one of "
+                             f"{[m for m, w in allowed.items() if w is None]} or auto.")
+    return [] if method == "source-only" else [method]
+
+
+def _draw(target, max_images: int, seed: int):
+    n = len(target)
+    if n > max_images:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
+        target = target.subset(idx.tolist())
+        log.info("adapt: %d of the %d target examples drawn (max_images)", max_images, n)
+    return target, n
+
+
+def _labels(examples, index, classes) -> torch.Tensor:
+    from headstart.data import encode_labels
+    from headstart.data.sources import aligned_labels
+
+    return encode_labels(aligned_labels([examples.labels[i] for i in index], classes), classes)
