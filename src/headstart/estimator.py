@@ -392,13 +392,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_fitted()
         settings = AdaptConfig(**options)
-        if out is not None:
-            refuse_to_replace(out, resume=False, overwrite=overwrite)
-            check_writable(out)
-            if overwrite:
-                clear_run(out)
-        labelled = self._read(data if data is not None else self._training_source(), y, purpose="train")
-        train_ex, val_ex = self._split(labelled, validation, self.fitted_config_)  # the fit's own split
+        _claim_out(out, resume=False, overwrite=overwrite)
+        labelled, train_ex, val_ex = self._source_split(data, y, validation)
         pool = self._read_pool(self.modality_, target)
         encoder = SimpleNamespace(preprocess=self.preprocess_, tokenizer=self.tokenizer_)
         precision = resolve_precision(self.resolved_config().precision, next(self.model_.parameters()).device)
@@ -431,17 +426,18 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self._check_fitted()
         settings, train_options = _distill_options(student, options)
         cfg = student_config(student, self.fitted_config_, train_options)
-        if out is not None:
-            refuse_to_replace(out, resume=resume, overwrite=overwrite)
-            check_writable(out)
-            if overwrite:
-                clear_run(out)
-        labelled = self._read(data if data is not None else self._training_source(), y, purpose="train")
-        train_ex, val_ex = self._split(labelled, validation, self.fitted_config_)  # the teacher's own split
+        _claim_out(out, resume=resume, overwrite=overwrite)
+        labelled, train_ex, val_ex = self._source_split(data, y, validation)
         pool = self._read_pool(self.modality_, unlabeled) if unlabeled is not None else None
         result = run_distill(self._as_teacher(), settings, cfg, train_ex, val_ex, pool, out=out, progress=progress,
                              resume=resume)
         return self._student(result, labelled.origin, out)
+
+    def _source_split(self, data, y, validation):
+        """The labelled data this fitted model learnt from (``data``, else its recorded training data), split
+        exactly as its fit split it: every accuracy after it is on examples the model never trained on."""
+        labelled = self._read(data if data is not None else self._training_source(), y, purpose="train")
+        return (labelled, *self._split(labelled, validation, self.fitted_config_))
 
     def _training_source(self):
         origin = (self.data_info_ or {}).get("origin")
@@ -581,6 +577,16 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
 
 _DISTILL_OPTIONS = tuple(f.name for f in dataclasses.fields(DistillConfig) if f.name != "student")
+
+
+def _claim_out(out, *, resume: bool, overwrite: bool) -> None:
+    """A run directory a derived run (distilled, adapted) may write: never a finished run unless told."""
+    if out is None:
+        return
+    refuse_to_replace(out, resume=resume, overwrite=overwrite)
+    check_writable(out)
+    if overwrite:
+        clear_run(out)
 
 
 def _distill_options(student: str, options: dict[str, Any]) -> tuple[DistillConfig, dict[str, Any]]:

@@ -115,13 +115,19 @@ def examples_sha256(ex) -> str:
                 h.update(f"{os.fspath(item)}|{st.st_size}|{st.st_mtime_ns}".encode())
             except OSError:
                 h.update(f"{os.fspath(item)}|missing".encode())
-        elif isinstance(item, np.ndarray):
-            h.update(str((item.shape, item.dtype.str)).encode())
-            h.update(np.ascontiguousarray(item).tobytes())
-        else:  # PIL image
-            h.update(str((item.mode, item.size)).encode())
-            h.update(item.tobytes())
+        else:
+            hash_pixels(h, item)
     return h.hexdigest()
+
+
+def hash_pixels(h, item) -> None:
+    """Feed an in-memory image (numpy array or PIL image) to the hash ``h``: its shape and type, then its bytes."""
+    if isinstance(item, np.ndarray):
+        h.update(str((item.shape, item.dtype.str)).encode())
+        h.update(np.ascontiguousarray(item).tobytes())
+    else:  # PIL image
+        h.update(str((item.mode, item.size)).encode())
+        h.update(item.tobytes())
 
 
 def extract_to_disk(model, ex, *, preprocess: PreprocessConfig, precision: str, device: torch.device,

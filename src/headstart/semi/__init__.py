@@ -19,7 +19,7 @@ import torch
 
 from headstart.config import TrainConfig
 from headstart.errors import DataError
-from headstart.features.cache import cached_features, extract_to_disk
+from headstart.features.cache import cached_features, extract_to_disk, hash_pixels
 from headstart.semi.methods import METHODS, Feats, HeadCandidate, accuracy, choose
 
 log = logging.getLogger("headstart")
@@ -120,10 +120,6 @@ def _item_digest(item) -> str:
                     h.update(block)
         except OSError:
             h.update(f"unreadable|{os.fspath(item)}".encode())  # decoding will skip it, with why
-    elif isinstance(item, np.ndarray):
-        h.update(str((item.shape, item.dtype.str)).encode())
-        h.update(np.ascontiguousarray(item).tobytes())
-    else:  # PIL image
-        h.update(str((item.mode, item.size)).encode())
-        h.update(item.tobytes())
+    else:
+        hash_pixels(h, item)
     return h.hexdigest()
