@@ -184,3 +184,139 @@ def test_cli_adapt_prints_the_scores_and_saves_the_run(tmp_path, image_folder):
     assert "label-free scores on the target" in p.stdout and "kept: coral" in p.stdout
     meta = json.loads((tmp_path / "adapted" / "headstart.json").read_text())
     assert meta["adaptation"]["method"] == "coral" and meta["adaptation"]["target"] == str(target)
+
+
+# ------------------------------------------------------------------ train --target: DANN and Deep CORAL
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    from headstart.adapt.objectives import reverse_grad
+
+    x = torch.randn(4, 3, requires_grad=True)
+    reverse_grad(x, 0.5).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, -0.5))
+
+
+def test_coral_loss_is_the_covariance_gap_over_4_d_squared():
+    from headstart.adapt.objectives import coral_loss
+
+    # d = 1: sample variances 2 and 8 -> (2 - 8)^2 / 4 = 9
+    assert coral_loss(torch.tensor([[-1.0], [1.0]]), torch.tensor([[-2.0], [2.0]])).item() == pytest.approx(9.0)
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2000, 4, generator=g), torch.randn(2000, 4, generator=g)
+    assert coral_loss(a, a) == 0 and coral_loss(a, b) < 0.01 < coral_loss(a, 3 * b)
+
+
+TARGET = dict(FAST, strategy="two-stage", epochs=2, batch_size=8)
+
+
+def test_dann_trains_a_discriminator_beside_the_model_and_reports_before_and_after(tmp_path):
+    from headstart.adapt import objectives
+
+    x, y = make_images(n_per_class=16, classes=("a", "b", "c"), size=24, seed=1)
+    xt, _ = _shifted(2, n=10)
+    seen = []
+    real = objectives.DomainAdversarialObjective.alignment
+
+    def spy(self, out):
+        seen.append((out["domain"].shape[0], self.coefficient()))
+        return real(self, out)
+
+    objectives.DomainAdversarialObjective.alignment = spy
+    try:
+        clf = TransferClassifier(TINY, **TARGET).fit(list(x), y, target=list(xt), out=tmp_path / "run")
+    finally:
+        objectives.DomainAdversarialObjective.alignment = real
+    rec = clf.target_adaptation_
+    assert rec["method"] == "dann" and rec["n_target_used"] == len(xt) == rec["n_target"]
+    # only the fine-tune phase aligns (2 epochs x 4 steps of 8 source + 8 target), the reversal ramping up
+    assert len(seen) == 8 and all(n == 16 for n, _ in seen)
+    coeffs = [c for _, c in seen]
+    assert coeffs == sorted(coeffs) and 0 <= coeffs[0] < 0.5 < coeffs[-1] <= 1
+    cmp = rec["comparison"]
+    assert set(cmp["scores"]) == {"source-only", "dann"} and isinstance(cmp["estimated_better"], bool)
+    assert cmp["scores"]["source-only"] != cmp["scores"]["dann"]  # the backbone moved between the two
+    meta = json.loads((tmp_path / "run" / "headstart.json").read_text())
+    assert meta["target_adaptation"] == rec and "discriminator" not in json.dumps(list(clf.model_.state_dict()))
+    assert load(tmp_path / "run").target_adaptation_ == rec
+
+
+def test_deep_coral_and_dann_change_the_fine_tune_and_are_deterministic():
+    x, y = make_images(n_per_class=12, classes=("a", "b", "c"), size=24, seed=1)
+    xt, _ = _shifted(4, n=6)
+
+    def weights(target=None, **kw):
+        clf = TransferClassifier(TINY, **TARGET, **kw).fit(list(x), y, target=target)
+        return clf, torch.cat([p.flatten() for p in clf.model_.state_dict().values() if p.is_floating_point()])
+
+    _, plain = weights()
+    clf, coral = weights(list(xt), target_method="deep-coral")
+    assert clf.target_adaptation_["objective"] == "cross-entropy + Deep CORAL"
+    assert not torch.equal(plain, coral)
+    assert torch.equal(weights(list(xt))[1], weights(list(xt))[1])  # DANN: same seed, same weights
+
+
+def test_target_needs_a_strategy_that_trains_the_backbone_and_no_harden():
+    x, y = make_images(n_per_class=6, size=24)
+    with pytest.raises(HeadstartError, match="strategy 'linear-probe' never trains the backbone"):
+        TransferClassifier(TINY, **dict(TARGET, strategy="linear-probe")).fit(list(x), y, target=list(x))
+    with pytest.raises(HeadstartError, match="--target and --harden"):
+        TransferClassifier(TINY, **TARGET, harden=True).fit(list(x), y, target=list(x))
+    with pytest.raises(HeadstartError, match="target_method"):
+        TransferClassifier(TINY, **TARGET, target_method="mmd").fit(list(x), y, target=list(x))
+
+
+def test_texts_train_with_a_target(glove_txt):  # noqa: F811
+    texts, labels = corpus()
+    target = [f"{w} said the tweet number {i}" for i in range(6) for w in ("loved it superb", "dull and awful")]
+    clf = TransferClassifier(f"vectors:{glove_txt}", strategy="two-stage", precision="fp32", baselines=False,
+                             epochs=1, target_method="deep-coral").fit(texts, labels, target=target)
+    rec = clf.target_adaptation_
+    assert rec["n_target_used"] == len(target) and set(rec["comparison"]["scores"]) == {"source-only", "deep-coral"}
+
+
+def test_cli_train_with_a_target_prints_the_comparison_and_resume_keeps_it(tmp_path, image_folder):
+    from conftest import write_folder
+
+    xt, _ = make_images(n_per_class=8, seed=5)
+    target = write_folder(tmp_path / "target", (xt * 0.5).astype(np.uint8), ["t"] * len(xt))
+    out = tmp_path / "run"
+    p = cli("train", image_folder, "--backbone", TINY, "--random-init", "--strategy", "two-stage", "--epochs", "1",
+            "--head-min-steps", "20", "--no-baselines", "--precision", "fp32", "--target", target,
+            "--target-method", "dann", "--out", out)
+    said = p.stdout + p.stderr
+    assert f"target: {len(xt)} of {len(xt)} examples aligned by cross-entropy + domain-adversarial" in said
+    assert "than source-only" in said
+    assert json.loads((out / "train_args.json").read_text())["target"] == str(target)
+
+
+def test_kill_9_while_the_backbone_trains_with_a_target_then_resume_equals_the_unbroken_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from conftest import write_folder
+    from safetensors.torch import load_file
+    from test_resume import ARGS, _cli, _wait_for_checkpoint
+
+    x, y = make_images(n_per_class=24, size=48, seed=3)
+    xt, _ = make_images(n_per_class=20, size=48, seed=8)
+    data = write_folder(tmp_path / "data", x, y)
+    target = write_folder(tmp_path / "target", (xt * 0.6).astype(np.uint8), ["t"] * len(xt))
+    args = [*ARGS, "--target", target]
+    ref, run = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_cli("train", data, "--out", ref, *args), check=True, capture_output=True)
+    proc = subprocess.Popen(_cli("train", data, "--out", run, *args), env={**os.environ},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # killed inside the fine-tune phase: the discriminator and the target draws must resume too
+        assert _wait_for_checkpoint(run / "checkpoint.pt", proc, phase_index=1), "run ended before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = subprocess.run(_cli("resume", run), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a, b = load_file(str(ref / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recs = [json.loads((d / "headstart.json").read_text())["target_adaptation"] for d in (ref, run)]
+    assert recs[0] == recs[1] and recs[0]["comparison"]["scores"]

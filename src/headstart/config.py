@@ -14,6 +14,7 @@ SCHEDULES = ("cosine", "onecycle")
 LONG_TEXTS = ("window", "truncate")  # hf: texts longer than the encoder's max length
 HARDEN_METHODS = ("teacher", "adversarial")  # defences of --harden (audit/harden.py)
 SSL_METHODS = ("auto", "self-training", "label-propagation")  # of --unlabeled (headstart/semi)
+TARGET_METHODS = ("dann", "deep-coral")  # of --target: adapt while training (adapt/objectives.py)
 TRACKERS = ("tensorboard", "mlflow")  # experiment tracking of a fit (headstart/track)
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
 
@@ -99,6 +100,14 @@ class TrainConfig:
     ssl_rounds: int = field(default=5, metadata={
         "help": "self-training rounds; round r pseudo-labels the r/rounds most confident share of each class"})
     ssl_neighbors: int = field(default=10, metadata={"help": "label-propagation: neighbours per example"})
+    target_method: str = field(default="dann", metadata={
+        "help": f"one of {TARGET_METHODS}: how --target examples shape the backbone while it trains. 'dann' "
+                "trains a domain discriminator through a reversed gradient, 'deep-coral' matches the two "
+                "domains' covariances of the class logits. Strategies that train the backbone"})
+    target_weight: float = field(default=1.0, metadata={
+        "help": "--target: weight of the alignment loss beside the source cross-entropy"})
+    target_max: int = field(default=5000, metadata={
+        "help": "--target: at most this many target examples, drawn with the seed, are read and kept in memory"})
     track: str | None = field(default=None, metadata={
         "help": f"log the fit to one of {TRACKERS}: options, per-epoch metrics, final metrics and baselines, "
                 "the run folder (pip install 'headstart[track]')"})
@@ -114,6 +123,11 @@ class TrainConfig:
         check_choice("long_texts", self.long_texts, LONG_TEXTS)
         check_choice("harden_method", self.harden_method, HARDEN_METHODS)
         check_choice("ssl_method", self.ssl_method, SSL_METHODS)
+        check_choice("target_method", self.target_method, TARGET_METHODS)
+        if not self.target_weight > 0:
+            raise HeadstartError(f"target_weight must be > 0; got {self.target_weight} (train without --target "
+                                 "for no alignment).")
+        _positive("target_max", self.target_max)
         if not 0.0 <= self.ssl_threshold < 1.0:
             raise HeadstartError(f"ssl_threshold is a confidence in [0, 1); got {self.ssl_threshold}.")
         _positive("ssl_rounds", self.ssl_rounds)

@@ -25,7 +25,9 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from headstart.adapt import AdaptConfig
+from headstart.adapt.objectives import target_objective
 from headstart.adapt.pipeline import adapt as run_adapt
+from headstart.adapt.pipeline import compare_trained, draw_target
 from headstart.assess.calibration import apply_temperature
 from headstart.assess.metrics import classification_metrics
 from headstart.assess.plan import plan_for_data
@@ -147,8 +149,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         return self.modality.read(X, y, columns=self._columns(), purpose=purpose)
 
     # ------------------------------------------------------------------ training
-    def fit(self, X, y: Sequence | None = None, *, validation=None, unlabeled=None, out: str | Path | None = None,
-            progress: Callable | None = None, resume: bool = False, overwrite: bool = False) -> "TransferClassifier":
+    def fit(self, X, y: Sequence | None = None, *, validation=None, unlabeled=None, target=None,
+            out: str | Path | None = None, progress: Callable | None = None, resume: bool = False,
+            overwrite: bool = False) -> "TransferClassifier":
         """Train on ``X``: images (a class-per-folder directory, a CSV, or images with labels ``y``) or
         texts (a CSV/TSV/JSONL/Parquet file, a DataFrame, a ``datasets.Dataset``, or texts with ``y``).
 
@@ -160,21 +163,28 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         ``unlabeled``: examples without labels (a folder of images, flat or nested; a CSV of paths; image
         arrays; a text table) that train the head after the supervised fit, by the ``ssl_method`` option
         (see :mod:`headstart.semi`); ``semi_supervised_`` records what was tried and kept.
+
+        ``target``: unlabelled examples from where the model will be used, when that differs from ``X`` (read
+        like ``unlabeled``): while the backbone trains, the ``target_method`` option (DANN or Deep CORAL,
+        see :mod:`headstart.adapt.objectives`) pulls the two domains' representations together;
+        ``target_adaptation_`` records it, with label-free scores of the model before and after.
         """
         created = out is not None and not Path(out).exists()
         try:
             with use_engine(self.resolved_config().engine):  # every frozen-feature pass of the fit, baselines too
-                return self._fit(X, y, validation=validation, unlabeled=unlabeled, out=out, progress=progress,
-                                 resume=resume, overwrite=overwrite)
+                return self._fit(X, y, validation=validation, unlabeled=unlabeled, target=target, out=out,
+                                 progress=progress, resume=resume, overwrite=overwrite)
         except BaseException:
             if out is not None and is_main_process():
                 discard_unfinished(out, created)
             raise
 
-    def _fit(self, X, y, *, validation, unlabeled, out, progress, resume, overwrite) -> "TransferClassifier":
+    def _fit(self, X, y, *, validation, unlabeled, target, out, progress, resume, overwrite) -> "TransferClassifier":
         t0 = time.perf_counter()
         modality = modality_for(self.backbone)
         cfg = modality.check_config(self.resolved_config())
+        if target is not None:
+            _check_target_config(cfg)
         ckpt = prepare_out(out, resume, cfg, overwrite=overwrite)
         labelled = self._read(X, y, purpose="train")  # what `headstart plan` profiles: every labelled example
         if cfg.strict and labelled.skipped:
@@ -210,7 +220,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.fitted_config_ = cfg
         self.skipped_ = skipped
 
-        objective = self._hardening(cfg, data)
+        hardening_objective = self._hardening(cfg, data)
+        objective = self._target_objective(cfg, modality, backbone, target) or hardening_objective
         metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
         main = accel.is_main_process
         baselines = modality.baselines(self.model_, backbone, cfg) if cfg.baselines and main else None
@@ -229,6 +240,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                 self.ssl_heads_, self.semi_supervised_ = use_unlabeled(
                     self.model_, modality, backbone, data, pool, cfg, dropped=dropped,
                     precision=self.history_.inference_precision)
+            if self.target_adaptation_ is not None and main:
+                self._score_target(objective, backbone, train_ex, val_ex)
             if self.hardening_ is not None and main:  # the trade-off it bought, measured on validation
                 self.hardening_["validation"] = measured_tradeoff(self.model_, self.backbone_info_["spec"],
                                                                   self.preprocess_, data.x_val, data.y_val, cfg)
@@ -255,6 +268,40 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
 
     def _read_pool(self, modality: Modality, unlabeled):
         return read_pool(modality, unlabeled, text_column=self.text_column, path_column=self.path_column)
+
+    def _target_objective(self, cfg: TrainConfig, modality: Modality, backbone, target):
+        """``--target``: the alignment objective, holding the encoded target examples it draws batches from."""
+        self.target_adaptation_ = None
+        if target is None:
+            return None
+        examples, n = draw_target(self._read_pool(modality, target), cfg.target_max, cfg.seed)
+        enc = modality.encode(examples, backbone)
+        if not len(enc.index):
+            raise DataError(f"None of the {n} --target {modality.noun} could be read.")
+        objective = target_objective(cfg.target_method, enc.x, num_features=backbone.num_features, cfg=cfg,
+                                     augment=modality.augmentation(cfg))
+        self._target_examples = examples
+        self.target_adaptation_ = {"method": cfg.target_method, "objective": objective.name,
+                                   "weight": cfg.target_weight, "target": str(getattr(examples, "origin", "") or ""),
+                                   "n_target": n, "n_target_used": len(enc.index)}
+        return objective
+
+    def _score_target(self, objective, backbone, train_ex, val_ex) -> None:
+        """``--target``: the label-free scores of the model before and after the backbone trained with it."""
+        rec = self.target_adaptation_
+        if objective.before is None:
+            rec["comparison"] = {"skipped": "no head-only stage ran before the backbone trained"}
+            return
+        before = copy.deepcopy(self.model_)
+        before.load_state_dict(objective.before)
+        rec["comparison"] = compare_trained(before, self.model_, self.modality_, backbone, train_ex, val_ex,
+                                            self._target_examples, classes=self.classes_, seed=self.fitted_config_.seed,
+                                            precision=self.history_.inference_precision, name=rec["method"])
+        if not rec["comparison"]["estimated_better"]:
+            log.warning("--target %s: the label-free scores do not say the adapted model beats the head on the "
+                        "pretrained features (%s). Check it on labelled target data (`headstart evaluate`), or "
+                        "try `headstart adapt` on a run trained without --target.", rec["method"],
+                        rec["comparison"]["reason"])
 
     def _hardening(self, cfg: TrainConfig, data: TrainData):
         """``--harden``: the defence's objective, with the perturbed training images it needs in ``data``."""
@@ -559,6 +606,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             "distillation": getattr(self, "distillation_", None),
             "hardening": getattr(self, "hardening_", None),
             "semi_supervised": getattr(self, "semi_supervised_", None),
+            "target_adaptation": getattr(self, "target_adaptation_", None),
             "adaptation": getattr(self, "adaptation_", None),
             "calibration": getattr(self, "calibration_", None),
             "tracking": getattr(self, "tracking_", None),
@@ -619,6 +667,17 @@ def _check_option_names(options: dict[str, Any]) -> None:
         raise HeadstartError(f"Unknown training option {unknown[0]!r}." + did_you_mean(unknown[0], TRAIN_OPTIONS))
 
 
+def _check_target_config(cfg: TrainConfig) -> None:
+    if cfg.strategy in ("linear-probe", "auto"):
+        why = "never trains the backbone" if cfg.strategy == "linear-probe" else "may not train the backbone"
+        raise HeadstartError(f"--target aligns the backbone's features while it trains, and strategy {cfg.strategy!r} "
+                             f"{why}: use --strategy two-stage (or full, partial), or adapt a frozen-backbone run "
+                             "afterwards with `headstart adapt RUN TARGET`.")
+    if cfg.harden:
+        raise HeadstartError("--target and --harden each change what the fine-tune minimises; pick one (harden the "
+                             "adapted run's successor, or adapt a hardened run with `headstart adapt`).")
+
+
 def _check_every_class_present(y: torch.Tensor, classes: list, skipped: list) -> None:
     counts = torch.bincount(y, minlength=len(classes))
     empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
@@ -667,6 +726,7 @@ def load(directory: str | Path) -> TransferClassifier:
     clf.distillation_ = run.meta.get("distillation")
     clf.hardening_ = run.meta.get("hardening")
     clf.semi_supervised_ = run.meta.get("semi_supervised")
+    clf.target_adaptation_ = run.meta.get("target_adaptation")
     clf.adaptation_ = run.meta.get("adaptation")
     clf.selection_ = run.meta.get("selection")
     clf.calibration_ = run.meta.get("calibration")

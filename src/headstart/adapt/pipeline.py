@@ -38,7 +38,7 @@ from headstart.features.cache import cached_features
 from headstart.semi.methods import Feats, head_probs
 
 log = logging.getLogger("headstart")
-__all__ = ["Adapted", "adapt", "applicable"]
+__all__ = ["Adapted", "adapt", "applicable", "compare_trained", "draw_target"]
 HEAD_ONLY = ("coral", "self-training")  # the backbone is unchanged: the source model's features serve
 
 
@@ -65,7 +65,7 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
     """Adapt ``model`` (trained on ``train_ex``; ``val_ex`` its validation split) to ``target``."""
     t0 = time.perf_counter()
     methods = _methods(cfg.method, modality.name, model)
-    target, n_target = _draw(target, cfg.max_images, cfg.seed)
+    target, n_target = draw_target(target, cfg.max_images, cfg.seed)
     device = next(model.parameters()).device
     tgt = modality.encode(target, encoder)
     src = modality.encode(train_ex, encoder)
@@ -81,17 +81,7 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
     f_src, f_tgt = embed(model, src.x), embed(model, tgt.x)
     f_val = embed(model, val.x) if val is not None else None
     base = Feats(train=f_src, y_train=y_src, pool=f_tgt)
-    weights, overlap = domain_weights(f_src, f_tgt, f_val, seed=cfg.seed) if f_val is not None else (None, None)
-    abstain = {}
-    if f_val is None:
-        abstain["dev"] = "no source validation split"
-    elif overlap["domain_acc"] >= MAX_DOMAIN_ACC:
-        abstain["dev"] = (f"the domains barely overlap: a linear classifier tells source from target features "
-                          f"apart {100 * overlap['domain_acc']:.1f} % of the time (held out), so no source "
-                          "example stands for the target")
-    elif overlap["ess"] < MIN_ESS:
-        abstain["dev"] = (f"the importance weights' effective sample size is {100 * overlap['ess']:.1f} % of the "
-                          f"{len(f_val)} source validation examples (under {100 * MIN_ESS:.0f} %): a few would decide")
+    weights, overlap, abstain = _overlap(f_src, f_tgt, f_val, cfg.seed)
 
     models, info = {"source-only": model}, {}
     for name in methods:
@@ -107,13 +97,8 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
             models[name], info[name] = shot_im(model, tgt.x, cfg)
         info.setdefault(name, {})["seconds"] = round(time.perf_counter() - t, 2)
 
-    rows = {}
-    for name, m in models.items():
-        same_backbone = name == "source-only" or name in HEAD_ONLY
-        ft = f_tgt if same_backbone else embed(m, tgt.x)
-        fv = f_val if same_backbone or f_val is None else embed(m, val.x)
-        rows[name] = scores(ft, head_probs(m.head, ft), head_probs(m.head, fv) if fv is not None else None, y_val,
-                            weights, seed=cfg.seed)
+    rows = _score_all(models, embed, tgt.x, f_tgt, val.x if val is not None else None, f_val, y_val, weights,
+                      cfg.seed, same_features=("source-only", *HEAD_ONLY))
     if cfg.method == "auto":
         winner, why, votes = decide(rows, abstain=tuple(abstain))
     else:
@@ -132,6 +117,61 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
     return Adapted(models[winner], report, models)
 
 
+def _overlap(f_src, f_tgt, f_val, seed: int):
+    """DEV's importance weights, how far the domains overlap, and why DEV must abstain (when it must)."""
+    weights, overlap = domain_weights(f_src, f_tgt, f_val, seed=seed) if f_val is not None else (None, None)
+    abstain = {}
+    if f_val is None:
+        abstain["dev"] = "no source validation split"
+    elif overlap["domain_acc"] >= MAX_DOMAIN_ACC:
+        abstain["dev"] = (f"the domains barely overlap: a linear classifier tells source from target features "
+                          f"apart {100 * overlap['domain_acc']:.1f} % of the time (held out), so no source "
+                          "example stands for the target")
+    elif overlap["ess"] < MIN_ESS:
+        abstain["dev"] = (f"the importance weights' effective sample size is {100 * overlap['ess']:.1f} % of the "
+                          f"{len(f_val)} source validation examples (under {100 * MIN_ESS:.0f} %): a few would decide")
+    return weights, overlap, abstain
+
+
+def _score_all(models: dict, embed, x_tgt, f_tgt, x_val, f_val, y_val, weights, seed: int,
+               same_features: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Each model's label-free scores on the target (and DEV on the weighted source validation split).
+    ``same_features``: models whose backbone is the source model's, so its embeddings serve."""
+    rows = {}
+    for name, m in models.items():
+        same = name in same_features
+        ft = f_tgt if same else embed(m, x_tgt)
+        fv = f_val if same or f_val is None else embed(m, x_val)
+        rows[name] = scores(ft, head_probs(m.head, ft), head_probs(m.head, fv) if fv is not None else None, y_val,
+                            weights, seed=seed)
+    return rows
+
+
+def compare_trained(before: TransferModel, after: TransferModel, modality, encoder, train_ex, val_ex, target,
+                    *, classes: list, precision: str, seed: int, name: str) -> dict[str, Any]:
+    """``train --target``: the label-free scores of the model before the backbone trained (its head on the
+    pretrained features: a source-only model) and after (``name``), and what the vote of
+    :func:`~headstart.adapt.select.decide` says of the adapted one. Target labels are never read."""
+    device = next(after.parameters()).device
+    tgt, src = modality.encode(target, encoder), modality.encode(train_ex, encoder)
+    val = modality.encode(val_ex, encoder) if val_ex is not None and len(val_ex) else None
+    y_val = _labels(val_ex, val.index, classes) if val is not None else None
+
+    def embed(m, x):
+        return cached_features(m, x, preprocess=encoder.preprocess, precision=precision, device=device)[0].float()
+
+    f_src, f_tgt = embed(before, src.x), embed(before, tgt.x)
+    f_val = embed(before, val.x) if val is not None else None
+    weights, overlap, abstain = _overlap(f_src, f_tgt, f_val, seed)
+    rows = _score_all({"source-only": before, name: after}, embed, tgt.x, f_tgt, val.x if val is not None else None,
+                      f_val, y_val, weights, seed, same_features=("source-only",))
+    winner, why, votes = decide(rows, abstain=tuple(abstain))
+    why = why.split(": the source model is kept")[0]  # train --target keeps what it trained, and says this
+    return {"scores": rows, "votes": votes, "abstained": abstain, "overlap": overlap,
+            "estimated_better": winner == name, "reason": why,
+            "source_only": "the head trained on the pretrained (frozen) backbone, before the backbone trained"}
+
+
 def _methods(method: str, modality_name: str, model: TransferModel) -> list[str]:
     allowed = applicable(modality_name, model)
     if method == "auto":
@@ -142,7 +182,9 @@ def _methods(method: str, modality_name: str, model: TransferModel) -> list[str]
     return [] if method == "source-only" else [method]
 
 
-def _draw(target, max_images: int, seed: int):
+def draw_target(target, max_images: int, seed: int):
+    """At most ``max_images`` of the target examples, drawn with ``seed`` (in their order), and how many
+    there were."""
     n = len(target)
     if n > max_images:
         idx = np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))

@@ -54,6 +54,9 @@ def train(
     unlabeled: Optional[str] = typer.Option(None, help="Unlabelled examples that train the head after the fit "
                                             "(see --ssl-method): a folder of images (flat or nested), a CSV of "
                                             "image paths, or a text table (any label column is ignored)."),
+    target: Optional[str] = typer.Option(None, help="Unlabelled examples from where the model will be used, "
+                                         "when that differs from DATA (read like --unlabeled): aligned with the "
+                                         "training data while the backbone trains (see --target-method)."),
     path_column: str = typer.Option("path", help="Image CSVs: the column with image paths."),
     label_column: Optional[str] = typer.Option(None, help="Column with labels (default: label; for text also "
                                                "labels, target or class)."),
@@ -80,7 +83,7 @@ def train(
     Every training option below the inputs is a field of headstart.TrainConfig (same name, same default).
     """
     args = {"data": data, "out": str(out or _fresh_out()), "backbone": backbone, "val": val, "unlabeled": unlabeled,
-            "path_column": path_column, "label_column": label_column, "text_column": text_column,
+            "target": target, "path_column": path_column, "label_column": label_column, "text_column": text_column,
             "encoding": encoding, "pooling": pooling, "max_length": max_length, "pretrained": pretrained,
             "allow_unsafe_pickle": allow_unsafe_pickle, "report": report, "config": config.to_dict()}
     _run_train(args, resume=resume, quiet=quiet, overwrite=overwrite)
@@ -149,8 +152,8 @@ def _run_train(args: dict, resume: bool, quiet: bool, overwrite: bool = False) -
     console = render.console()
     with _run_folder(out, TRAIN_ARGS, args, resume=resume, overwrite=overwrite, main=main), \
             _interruptible(out, console), render.show_logs(console, quiet), EpochProgress(console, quiet) as progress:
-        clf.fit(args["data"], validation=args.get("val"), unlabeled=args.get("unlabeled"), out=out, progress=progress,
-                resume=resume)
+        clf.fit(args["data"], validation=args.get("val"), unlabeled=args.get("unlabeled"), target=args.get("target"),
+                out=out, progress=progress, resume=resume)
     if clf.run_ is None:  # the main process saved the run; the others have nothing to report
         return
     render.print_fit_summary(console, clf.run_, clf.fit_seconds_)

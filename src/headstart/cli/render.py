@@ -75,6 +75,7 @@ def print_fit_summary(console, run, fit_seconds: float) -> None:
     print_selection(console, run.meta.get("selection"))
     print_hardening(console, run.meta.get("hardening"))
     print_semi_supervised(console, run.meta.get("semi_supervised"))
+    print_target_adaptation(console, run.meta.get("target_adaptation"))
 
 
 def print_semi_supervised(console, record) -> None:
@@ -89,6 +90,24 @@ def print_semi_supervised(console, record) -> None:
                       else f"{c['name']} ({c['n_pseudo']:,} pseudo-labels)" for c in record["candidates"])
     console.print(f"  validation: {rows}", highlight=False)
     console.print(f"  [bold]kept: {record['method']}[/bold] — {record['reason']}", highlight=False)
+
+
+def print_target_adaptation(console, record) -> None:
+    """``train --target``: what aligned the domains, and the label-free scores before and after."""
+    if not record:
+        return
+    console.print(f"target: {record['n_target_used']:,} of {record['n_target']:,} examples aligned by "
+                  f"{record['objective']} (weight {record['weight']:g})", highlight=False)
+    cmp = record.get("comparison") or {}
+    if "skipped" in cmp:
+        console.print(f"  label-free comparison skipped: {cmp['skipped']}", highlight=False)
+        return
+    fmt = (lambda v: "-" if v is None else f"{v:.4f}")  # noqa: E731
+    for name, s in cmp["scores"].items():
+        console.print(f"  {name}: entropy {fmt(s.get('entropy'))}, IM {fmt(s.get('im'))}, SND {fmt(s.get('snd'))}, "
+                      f"ClassAMI {fmt(s.get('class_ami'))}, DEV {fmt(s.get('dev'))}", highlight=False)
+    verdict = "estimated better than" if cmp["estimated_better"] else "[bold]not estimated better[/bold] than"
+    console.print(f"  adapted model {verdict} source-only: {cmp['reason']}", highlight=False)
 
 
 def print_adaptation(console, record, path) -> None:

@@ -37,6 +37,7 @@ class FitState:
     done_records: list[dict] = field(default_factory=list)
     done_phases: list[dict] = field(default_factory=list)
     data_sha256: str = ""  # of the training inputs: the feature-cache key, checked on resume
+    objective: Any = None  # the fit's Objective: its state (a discriminator, a random stream) is checkpointed
 
     @property
     def is_main(self) -> bool:
@@ -60,6 +61,7 @@ class PhaseState:
     generators: list[torch.Generator]  # every random stream of the phase (sample order, augmentation)
     evaluate: Callable[[], tuple[float, float]] | None  # validation (loss, accuracy) of the module now
     patience: int
+    steps: int = 1  # optimizer steps the phase's schedule spans
     records: list[dict] = field(default_factory=list)
     start_epoch: int = 1
     best_score: tuple | None = None  # (-val_loss, val_acc)
@@ -143,6 +145,8 @@ class Checkpoint(Callback):
         if ck is None:
             return
         fit.model.load_state_dict(ck["model"])
+        if fit.objective is not None:
+            fit.objective.load_state_dict(ck.get("objective") or {})
         fit.first_phase = ck["phase_index"]
         fit.done_records = [r for r in ck["records"] if r.get("phase_index", 0) < fit.first_phase]
         fit.done_phases = list(ck["phases"])
@@ -175,6 +179,7 @@ class Checkpoint(Callback):
             "version": CHECKPOINT_VERSION, "phase_index": fit.phase_index, "epoch": epoch,
             "records": fit.done_records + records, "phases": fit.done_phases,
             "model": fit.model.state_dict(),
+            "objective": fit.objective.state_dict() if fit.objective is not None else {},
             "optimizer": ph.optimizer.state_dict() if ph else None,
             "scheduler": ph.scheduler.state_dict() if ph else None,
             "best_state": ph.best_state if ph else None,

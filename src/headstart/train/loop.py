@@ -127,7 +127,9 @@ def fit(model: TransferModel, backbone: Backbone, data: TrainData, cfg: TrainCon
     objective = objective or Objective(cfg.label_smoothing)
     callbacks = default_callbacks(metrics_path=metrics_path, checkpoint_path=checkpoint_path,
                                   progress=progress) + list(callbacks)
-    state = FitState(cfg, model, accel, resume=resume)
+    if isinstance(objective, Callback):  # an objective that follows the phases (a schedule of its own)
+        callbacks.append(objective)
+    state = FitState(cfg, model, accel, resume=resume, objective=objective)
     if checkpoint_path is not None:
         state.data_sha256 = pixels_sha256(data.x_train)
     if resume is not None and resume.get("data_sha256") and resume["data_sha256"] != state.data_sha256:
@@ -243,15 +245,18 @@ def _train_phase(inputs: PhaseInputs, data: TrainData, phase: Phase, objective: 
     train_set = TensorDataset(inputs.x, data.y_train, *data.extra.values())
     loader = shuffled_loader(train_set, inputs.batch_size, order, accel.num_processes)
     val_loader = DataLoader(TensorDataset(*inputs.val), batch_size=max(loader.batch_size, 64)) if inputs.val else None
-    optimizer = adamw(inputs.groups)
+    module, groups = objective.attach(inputs.module, inputs.groups, cfg)
+    optimizer = adamw(groups)
     # Stepped by us once per optimizer step (not through accelerate, which would step it once per
     # process): the learning rate at step k is the same whatever the number of processes.
-    scheduler = make_scheduler(optimizer, cfg, max(1, phase.epochs * math.ceil(len(loader) / accel.num_processes)))
-    module, optimizer, loader = accel.prepare(inputs.module, optimizer, loader)
+    steps = max(1, phase.epochs * math.ceil(len(loader) / accel.num_processes))
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    module, optimizer, loader = accel.prepare(module, optimizer, loader)
     if val_loader is not None:
         val_loader = accel.prepare(val_loader)
     evaluate_now = (lambda: evaluate(module, val_loader, accel)[:2]) if val_loader is not None else None
-    ph = PhaseState(phase, module, optimizer, scheduler, [order] + inputs.generators, evaluate_now, inputs.patience)
+    ph = PhaseState(phase, module, optimizer, scheduler, [order] + inputs.generators, evaluate_now, inputs.patience,
+                    steps=steps)
     _hook(callbacks, "on_phase_start", state, ph)
     for epoch in range(ph.start_epoch, phase.epochs + 1):
         t0 = time.perf_counter()

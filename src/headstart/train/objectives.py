@@ -46,3 +46,16 @@ class Objective:
         logits = module(batch.x)
         loss = F.cross_entropy(logits.float(), batch.y, label_smoothing=self.label_smoothing)
         return StepOutput(loss, logits)
+
+    def attach(self, module: nn.Module, groups: list[dict], cfg) -> tuple[nn.Module, list[dict]]:
+        """What trains in a phase: ``module`` (the model, its suffix, or the head) and its parameter groups,
+        to which an objective may add modules of its own (a domain discriminator) before the optimizer is
+        built. Whatever it returns must call the model for ``module(x)`` (validation uses that)."""
+        return module, groups
+
+    def state_dict(self) -> dict:
+        """What the objective keeps between steps (its own weights, random streams), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
