@@ -263,3 +263,68 @@ def test_kill_9_during_a_run_with_a_pool_then_resume_equals_the_unbroken_run(tmp
     semi = [json.loads((d / "headstart.json").read_text())["semi_supervised"] for d in (ref, run)]
     strip = [{k: v for k, v in s.items() if "seconds" not in k and k != "candidates"} for s in semi]
     assert strip[0] == strip[1] and semi[0]["n_used"] == len(xu)
+
+
+# ------------------------------------------------------------------ fixmatch: the backbone learns from the pool
+
+def test_strong_augmentation_perturbs_every_image_and_keeps_the_batch_shape():
+    from headstart.semi.fixmatch import strong_augment
+
+    torch.manual_seed(0)
+    batch = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    out = strong_augment(batch)
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert all(not torch.equal(a, b) for a, b in zip(out, batch))  # the cutout alone changes each image
+
+
+def test_fixmatch_labels_only_the_confident_strong_views():
+    from headstart.semi.fixmatch import FixMatchObjective
+    from headstart.train.objectives import Batch
+
+    class Fixed(nn.Module):  # predicts class 0 with 0.99 for bright images, near-uniform for dark ones
+        def forward(self, x):
+            bright = (x.float().mean((1, 2, 3)) > 127).float()
+            return torch.stack([bright * 6.0, torch.zeros_like(bright), torch.zeros_like(bright)], 1)
+
+    def objective(value):
+        pool = torch.full((4, 3, 8, 8), value, dtype=torch.uint8)
+        return FixMatchObjective(pool, threshold=0.95, ratio=4, label_smoothing=0.0, seed=0, augment=None)
+
+    x, y = torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 2])
+    sure, unsure = objective(250), objective(5)
+    out = sure.loss(Fixed(), Batch(x, y), phase=None)
+    unsure_out = unsure.loss(Fixed(), Batch(x, y), phase=None)
+    assert (sure.confident, sure.drawn, sure.mask_rate()) == (8, 8, 1.0) and out.logits.shape == (2, 3)
+    assert (unsure.confident, unsure.drawn, unsure.mask_rate()) == (0, 8, 0.0)
+    # nothing confident: the loss is the labelled cross-entropy alone
+    ce = torch.nn.functional.cross_entropy(Fixed()(x), y)
+    assert torch.allclose(unsure_out.loss, ce) and out.loss > ce  # strong views labelled 0 add to it
+    obj = sure
+    head_only = obj.loss(nn.Linear(4, 3), Batch(torch.randn(2, 4), torch.tensor([0, 1])), phase=None)
+    assert obj.drawn == 8 and head_only.loss.dim() == 0  # features of a head-only phase: labels only
+
+
+def test_fit_with_fixmatch_trains_the_backbone_on_the_pool_and_records_it(tmp_path):
+    x, y = make_images(n_per_class=10, classes=("a", "b", "c"), seed=1)
+    xu, _ = make_images(n_per_class=12, classes=("a", "b", "c"), seed=4)
+    clf = TransferClassifier(TINY, strategy="two-stage", epochs=2, batch_size=8, ssl_method="fixmatch",
+                             fixmatch_threshold=0.34, **FAST)
+    clf.fit(list(x), y, unlabeled=list(xu), out=tmp_path / "run")
+    rec = clf.semi_supervised_
+    assert rec["method"] == "fixmatch" and rec["n_used"] == len(xu) and rec["mask_rate"] is not None
+    assert 0 < rec["mask_rate"] <= 1 and rec["val_acc"] == clf.final_metrics_()["val_acc"]
+    assert json.loads((tmp_path / "run" / "headstart.json").read_text())["semi_supervised"] == rec
+    plain = TransferClassifier(TINY, strategy="two-stage", epochs=2, batch_size=8, **FAST).fit(list(x), y)
+    a, b = (torch.cat([p.flatten() for p in m.model_.backbone.parameters()]) for m in (clf, plain))
+    assert not torch.equal(a, b)  # the pool moved the backbone itself
+
+
+def test_fixmatch_is_refused_where_it_cannot_work(glove_txt):  # noqa: F811
+    x, y = make_images(n_per_class=6)
+    with pytest.raises(HeadstartError, match="strategy 'linear-probe' does not train it"):
+        TransferClassifier(TINY, strategy="linear-probe", ssl_method="fixmatch", **FAST).fit(list(x), y,
+                                                                                            unlabeled=list(x[:2]))
+    texts, labels = corpus()
+    with pytest.raises(HeadstartError, match="fixmatch needs images"):
+        TransferClassifier(f"vectors:{glove_txt}", strategy="two-stage", ssl_method="fixmatch",
+                           baselines=False).fit(texts, labels, unlabeled=texts[:3] + ["a new one"])

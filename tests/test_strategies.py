@@ -140,3 +140,46 @@ def test_seeded_runs_are_reproducible(tiny_data):
     a = _fit(tiny_data, "two-stage", seed=3).fit(*tiny_data)
     b = _fit(tiny_data, "two-stage", seed=3).fit(*tiny_data)
     np.testing.assert_array_equal(a.predict_proba(tiny_data[0]), b.predict_proba(tiny_data[0]))
+
+
+# ------------------------------------------------------------------ train_size: fine-tune on smaller crops
+
+def test_augment_outputs_crops_at_the_training_size_and_resizes_without_augmentation():
+    from headstart.data import augment
+
+    batch = torch.randint(0, 256, (4, 6, 48, 48), dtype=torch.uint8)  # 6 channels: an image and its paired copy
+    g = torch.Generator().manual_seed(0)
+    out = augment(batch, g, size=32)
+    assert out.shape == (4, 6, 32, 32) and out.dtype == torch.uint8
+    plain = augment(batch, g, size=32, flip=False, scale=(1.0, 1.0))
+    assert plain.shape == (4, 6, 32, 32)
+    assert (plain.float().mean((1, 2, 3)) - batch.float().mean((1, 2, 3))).abs().max() < 2  # a resize keeps content
+    assert torch.equal(augment(batch, g, flip=False, scale=(1.0, 1.0)), batch)
+
+
+def test_fit_with_a_smaller_train_size_trains_on_it_and_predicts_at_the_input_size(monkeypatch):
+    from conftest import make_images
+
+    from headstart.encoders.model import TransferModel as TM
+
+    x, y = make_images(n_per_class=10, size=40)
+    sides = []
+    real = TM.forward
+
+    def spy(self, inp):
+        sides.append((self.training, inp.shape[-1]))
+        return real(self, inp)
+
+    monkeypatch.setattr(TM, "forward", spy)
+    clf = TransferClassifier(TINY, pretrained=False, strategy="full", epochs=1, train_size=32, precision="fp32",
+                             baselines=False, batch_size=8)
+    clf.fit(list(x), y)
+    full = clf.preprocess_.input_size
+    assert full != 32 and {s for t, s in sides if t} == {32}  # every training step at train_size
+    assert {s for t, s in sides if not t} == {full}  # validation at the input size
+    assert clf.fitted_config_.train_size == 32 and clf.predict(list(x[:3])).shape == (3,)
+
+
+def test_bad_train_sizes_are_refused_with_the_fix():
+    with pytest.raises(Exception, match=r"train_size is a side in pixels in \[32, 1024\]; got 8"):
+        TrainConfig(train_size=8)

@@ -13,7 +13,7 @@ ENGINES = ("auto", "torch", "openvino")  # inference engines of frozen-backbone 
 SCHEDULES = ("cosine", "onecycle")
 LONG_TEXTS = ("window", "truncate")  # hf: texts longer than the encoder's max length
 HARDEN_METHODS = ("teacher", "adversarial")  # defences of --harden (audit/harden.py)
-SSL_METHODS = ("auto", "self-training", "label-propagation")  # of --unlabeled (headstart/semi)
+SSL_METHODS = ("auto", "self-training", "label-propagation", "fixmatch")  # of --unlabeled (headstart/semi)
 TARGET_METHODS = ("dann", "deep-coral")  # of --target: adapt while training (adapt/objectives.py)
 TRACKERS = ("tensorboard", "mlflow")  # experiment tracking of a fit (headstart/track)
 DEFAULT_BACKBONE = "timm:tf_efficientnet_lite0"  # offline from its PyPI package
@@ -47,6 +47,11 @@ class TrainConfig:
     schedule: str = field(default="cosine", metadata={"help": f"one of {SCHEDULES}"})
     augment: bool = field(default=True, metadata={
         "help": "random flip + resized crop while the backbone trains (head-only stages use cached features)"})
+    train_size: int | None = field(default=None, metadata={
+        "help": "images: while the backbone trains, feed it crops resized to this side (e.g. 160) instead of the "
+                "model's input size; validation, prediction and cached features stay at the input size. "
+                "(224/160)^2 = 2x fewer pixels a step (benchmarks/bench_finetune_speed.py); CNNs with global "
+                "pooling take any size. None = the input size"})
     val_fraction: float = field(default=0.2, metadata={"help": "held out per class when no validation set is given"})
     patience: int = field(default=5, metadata={"help": "early stopping: epochs without validation improvement"})
     dropout: float = field(default=0.0, metadata={"help": "before the new head"})
@@ -94,12 +99,20 @@ class TrainConfig:
         "help": f"one of {SSL_METHODS}: how --unlabeled examples train the head on the run's embeddings. "
                 "'self-training' pseudo-labels the most confident share of each predicted class, more each "
                 "round; 'label-propagation' spreads the labels over a nearest-neighbour graph; 'auto' tries "
-                "both and keeps the best on validation, or the supervised head when neither beats it"})
+                "both and keeps the best on validation, or the supervised head when neither beats it; 'fixmatch' "
+                "trains the backbone on the pool while it fine-tunes (images; strategies that train the backbone)"})
     ssl_threshold: float = field(default=0.5, metadata={
         "help": "--unlabeled: the least confidence a pseudo-label may have (softmax, or propagated label share)"})
     ssl_rounds: int = field(default=5, metadata={
         "help": "self-training rounds; round r pseudo-labels the r/rounds most confident share of each class"})
     ssl_neighbors: int = field(default=10, metadata={"help": "label-propagation: neighbours per example"})
+    fixmatch_threshold: float = field(default=0.95, metadata={
+        "help": "fixmatch: the least confidence on the weak view for its prediction to label the strong view"})
+    fixmatch_ratio: int = field(default=1, metadata={
+        "help": "fixmatch: unlabelled images per labelled one in each step (the paper's 7 costs 7x on a CPU)"})
+    ssl_pool_max: int = field(default=10000, metadata={
+        "help": "fixmatch: at most this many pool images, drawn with the seed, are decoded and kept in memory "
+                "(150 kB each at 224 px)"})
     target_method: str = field(default="dann", metadata={
         "help": f"one of {TARGET_METHODS}: how --target examples shape the backbone while it trains. 'dann' "
                 "trains a domain discriminator through a reversed gradient, 'deep-coral' matches the two "
@@ -124,6 +137,9 @@ class TrainConfig:
         check_choice("harden_method", self.harden_method, HARDEN_METHODS)
         check_choice("ssl_method", self.ssl_method, SSL_METHODS)
         check_choice("target_method", self.target_method, TARGET_METHODS)
+        if self.train_size is not None and not 32 <= self.train_size <= 1024:
+            raise HeadstartError(f"train_size is a side in pixels in [32, 1024]; got {self.train_size} (None trains "
+                                 "at the model's input size).")
         if not self.target_weight > 0:
             raise HeadstartError(f"target_weight must be > 0; got {self.target_weight} (train without --target "
                                  "for no alignment).")
@@ -132,6 +148,10 @@ class TrainConfig:
             raise HeadstartError(f"ssl_threshold is a confidence in [0, 1); got {self.ssl_threshold}.")
         _positive("ssl_rounds", self.ssl_rounds)
         _positive("ssl_neighbors", self.ssl_neighbors)
+        _positive("fixmatch_ratio", self.fixmatch_ratio)
+        _positive("ssl_pool_max", self.ssl_pool_max)
+        if not 0.0 < self.fixmatch_threshold < 1.0:
+            raise HeadstartError(f"fixmatch_threshold is a confidence in (0, 1); got {self.fixmatch_threshold}.")
         self._check_harden()
         if self.track is not None:
             check_choice("track", self.track, TRACKERS)

@@ -185,6 +185,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         cfg = modality.check_config(self.resolved_config())
         if target is not None:
             _check_target_config(cfg)
+        fixmatch = unlabeled is not None and cfg.ssl_method == "fixmatch"
+        if fixmatch:
+            _check_fixmatch_config(cfg, modality, target)
         ckpt = prepare_out(out, resume, cfg, overwrite=overwrite)
         labelled = self._read(X, y, purpose="train")  # what `headstart plan` profiles: every labelled example
         if cfg.strict and labelled.skipped:
@@ -220,8 +223,10 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.fitted_config_ = cfg
         self.skipped_ = skipped
 
-        hardening_objective = self._hardening(cfg, data)
-        objective = self._target_objective(cfg, modality, backbone, target) or hardening_objective
+        # At most one of these is asked for (checked above); each records what it did, or None.
+        objectives = [self._hardening(cfg, data), self._target_objective(cfg, modality, backbone, target),
+                      self._fixmatch_objective(cfg, modality, backbone, pool if fixmatch else None)]
+        objective = next((o for o in objectives if o is not None), None)
         metrics_path, checkpoint_path = run_paths(out, fresh=ckpt is None)
         main = accel.is_main_process
         baselines = modality.baselines(self.model_, backbone, cfg) if cfg.baselines and main else None
@@ -236,7 +241,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                                "n_val": 0 if data.x_val is None else len(data.x_val), "n_skipped": len(skipped),
                                "skipped": skipped[:50], **modality.data_info(backbone, train_ex)}
             self.semi_supervised_ = None
-            if pool is not None and main:  # the pool trains the head on the fitted backbone's embeddings
+            if fixmatch and main:  # the pool trained the backbone with the labels
+                self.ssl_heads_, self.semi_supervised_ = {}, self._fixmatch_record(objective, pool, dropped)
+            elif pool is not None and main:  # the pool trains the head on the fitted backbone's embeddings
                 self.ssl_heads_, self.semi_supervised_ = use_unlabeled(
                     self.model_, modality, backbone, data, pool, cfg, dropped=dropped,
                     precision=self.history_.inference_precision)
@@ -285,6 +292,34 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
                                    "weight": cfg.target_weight, "target": str(getattr(examples, "origin", "") or ""),
                                    "n_target": n, "n_target_used": len(enc.index)}
         return objective
+
+    def _fixmatch_objective(self, cfg: TrainConfig, modality: Modality, backbone, pool):
+        """``--ssl-method fixmatch``: the consistency objective, holding the encoded pool it draws batches from."""
+        if pool is None:
+            return None
+        from headstart.semi.fixmatch import FixMatchObjective
+
+        examples, _ = draw_target(pool, cfg.ssl_pool_max, cfg.seed)
+        enc = modality.encode(examples, backbone)
+        if not len(enc.index):
+            raise DataError(f"None of the {len(examples)} unlabelled {modality.noun} could be read.")
+        self._pool_used = (len(enc.index), list(enc.skipped))
+        return FixMatchObjective(enc.x, threshold=cfg.fixmatch_threshold, ratio=cfg.fixmatch_ratio,
+                                 label_smoothing=cfg.label_smoothing, seed=cfg.seed,
+                                 augment=modality.augmentation(cfg))
+
+    def _fixmatch_record(self, objective, pool, dropped: int) -> dict[str, Any]:
+        cfg = self.fitted_config_
+        n_used, skipped = self._pool_used
+        val_acc = (self.final_metrics_() or {}).get("val_acc")
+        return {"requested": "fixmatch", "method": "fixmatch", "val_acc": val_acc, "supervised_val_acc": None,
+                "reason": ("--ssl-method fixmatch was asked for: the backbone trained on the pool while it "
+                           "fine-tuned, so the validation accuracy is the fit's own (no supervised-only model of the "
+                           "same fit exists to compare; train without --unlabeled for one)"),
+                "n_pool": len(pool) + dropped, "n_used": n_used, "n_dropped_labelled": dropped,
+                "n_skipped": len(skipped), "skipped": skipped[:50], "pool": getattr(pool, "origin", None),
+                "threshold": cfg.fixmatch_threshold, "ratio": cfg.fixmatch_ratio,
+                "mask_rate": objective.mask_rate(), "candidates": []}
 
     def _score_target(self, objective, backbone, train_ex, val_ex) -> None:
         """``--target``: the label-free scores of the model before and after the backbone trained with it."""
@@ -346,7 +381,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             return self.meta_.get("metrics")
         metrics = self.final_metrics_()
         semi = getattr(self, "semi_supervised_", None)
-        if semi and semi["method"] != "supervised":
+        if semi and semi["method"] not in ("supervised", "fixmatch"):  # fixmatch: the kept epoch is its model
             metrics = {"val_acc": semi["val_acc"], "model": f"semi-supervised head ({semi['method']})",
                        "supervised": metrics}
         selection = getattr(self, "selection_", None)
@@ -665,6 +700,19 @@ def _check_option_names(options: dict[str, Any]) -> None:
     unknown = [k for k in options if k not in TRAIN_OPTIONS]
     if unknown:
         raise HeadstartError(f"Unknown training option {unknown[0]!r}." + did_you_mean(unknown[0], TRAIN_OPTIONS))
+
+
+def _check_fixmatch_config(cfg: TrainConfig, modality: Modality, target) -> None:
+    if modality.name != "image":
+        raise HeadstartError("--ssl-method fixmatch needs images (its strong augmentation perturbs pixels): use "
+                             "self-training, label-propagation or auto for texts.")
+    if cfg.strategy in ("linear-probe", "auto"):
+        raise HeadstartError(f"--ssl-method fixmatch trains the backbone on the pool, and strategy {cfg.strategy!r} "
+                             "does not train it: use --strategy two-stage (or full, partial), or --ssl-method auto "
+                             "for heads on frozen features.")
+    if cfg.harden or target is not None:
+        raise HeadstartError("--ssl-method fixmatch changes what the fine-tune minimises, as --harden and --target "
+                             "do: use one of them per run.")
 
 
 def _check_target_config(cfg: TrainConfig) -> None:

@@ -27,7 +27,7 @@ from torch import nn
 from headstart.config import TARGET_METHODS, TrainConfig
 from headstart.encoders.model import TransferModel
 from headstart.train.callbacks import Callback
-from headstart.train.objectives import Batch, Objective, StepOutput
+from headstart.train.objectives import Batch, Draws, Objective, StepOutput
 from headstart.train.strategies import Phase
 
 __all__ = ["TARGET_METHODS", "DomainAdversarialObjective", "DeepCoralObjective", "DomainModel", "coral_loss",
@@ -95,10 +95,8 @@ class _TargetObjective(Objective, Callback):
     def __init__(self, target: torch.Tensor, *, weight: float, label_smoothing: float, seed: int,
                  augment: Callable | None = None):
         super().__init__(label_smoothing)
-        self.target, self.weight, self.augment = target, weight, augment
-        # Each process draws the same target batches (its own seed would need the process index here);
-        # the source batches differ, so the alignment still sees the whole target set over an epoch.
-        self.generator = torch.Generator().manual_seed(seed + 7)
+        self.weight = weight
+        self.draw = Draws(target, seed + 7, augment)
         self._progress: Callable[[], float] = lambda: 1.0
         self.before: dict | None = None  # the model's weights after the head stage: the source-only model
 
@@ -123,13 +121,6 @@ class _TargetObjective(Objective, Callback):
         total = max(1, ph.steps)
         self._progress = lambda: min(1.0, ph.scheduler.last_epoch / total)
 
-    def draw(self, n: int, device) -> torch.Tensor:
-        idx = torch.randint(len(self.target), (n,), generator=self.generator)
-        xt = self.target[idx]
-        if self.augment is not None:
-            xt = self.augment(xt, self.generator)
-        return xt.to(device)
-
     def loss(self, module: nn.Module, batch: Batch, *, phase: Phase) -> StepOutput:
         if not isinstance(getattr(module, "module", module), DomainModel):
             return super().loss(module, batch, phase=phase)
@@ -144,11 +135,10 @@ class _TargetObjective(Objective, Callback):
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "before": self.before}
+        return {**self.draw.state_dict(), "before": self.before}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
+        self.draw.load_state_dict(state)
         self.before = state.get("before")
 
 

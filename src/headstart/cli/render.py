@@ -84,6 +84,12 @@ def print_semi_supervised(console, record) -> None:
         return
     dropped = (f", {record['n_dropped_labelled']} copies of labelled examples dropped"
                if record["n_dropped_labelled"] else "")
+    if record["method"] == "fixmatch":
+        rate = "-" if record["mask_rate"] is None else f"{100 * record['mask_rate']:.0f} %"
+        console.print(f"unlabelled pool: {record['n_used']:,} used of {record['n_pool']:,}{dropped}; FixMatch while "
+                      f"the backbone trained: {rate} of the drawn pool images were confident enough "
+                      f"(>= {record['threshold']}) to be pseudo-labelled", highlight=False)
+        return
     console.print(f"unlabelled pool: {record['n_used']:,} used of {record['n_pool']:,}{dropped} "
                   f"(embedded in {record['embed_seconds']:.0f}s)", highlight=False)
     rows = " | ".join(f"{c['name']} {c['val_acc']:.4f} ({c['n_pseudo']:,} pseudo-labels)" if c["val_acc"] is not None

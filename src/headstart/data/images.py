@@ -190,20 +190,26 @@ def decode_all(ex: Examples, cfg: PreprocessConfig, *, strict: bool = False) -> 
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator, *, flip: bool = True,
-            scale: tuple[float, float] = (0.7, 1.0)) -> torch.Tensor:
-    """Random horizontal flip and random resized crop on a uint8 batch (N, 3, S, S)."""
+            scale: tuple[float, float] = (0.7, 1.0), size: int | None = None) -> torch.Tensor:
+    """Random horizontal flip and random resized crop on a uint8 batch (N, 3, S, S), the crops resized to
+    ``size`` (default: S; ``scale=(1, 1)`` with a ``size`` only resizes)."""
     from torchvision.transforms.v2 import functional as F
 
-    n, _, h, w = batch.shape
-    out = batch.clone()
+    n, c, h, w = batch.shape
+    side = size or h
     if scale[0] < 1.0:
+        out = torch.empty(n, c, side, side, dtype=batch.dtype)
         areas = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
         for i in range(n):
             side_h = max(8, int(h * areas[i].sqrt()))
             side_w = max(8, int(w * areas[i].sqrt()))
             top = int(torch.randint(0, h - side_h + 1, (1,), generator=generator))
             left = int(torch.randint(0, w - side_w + 1, (1,), generator=generator))
-            out[i] = F.resized_crop(batch[i], top, left, side_h, side_w, [h, w], antialias=True)
+            out[i] = F.resized_crop(batch[i], top, left, side_h, side_w, [side, side], antialias=True)
+    elif side != h or side != w:
+        out = F.resize(batch, [side, side], antialias=True)
+    else:
+        out = batch.clone()
     if flip:
         mask = torch.rand(n, generator=generator) < 0.5
         out[mask] = out[mask].flip(-1)

@@ -1,6 +1,7 @@
 """Images: class folders, CSVs of paths and arrays in; decoded, resized uint8 pixels to the model."""
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +24,7 @@ from headstart.encoders.cut import truncate_module
 from headstart.encoders.model import TransferModel
 from headstart.encoders.scratch_source import empty_scratch, scratch_stages
 from headstart.encoders.timm_source import empty_timm
-from headstart.errors import DataError
+from headstart.errors import DataError, HeadstartError
 from headstart.features.fastpath import feature_extractor
 from headstart.modalities.base import Columns, Encoded, Prediction
 from headstart.modalities.scratch import Baselines
@@ -55,14 +56,29 @@ class ImageModality:
         return Encoded(decoded.pixels, decoded.index, list(decoded.skipped))
 
     def configure(self, backbone: Backbone, train_examples: Examples, cfg: TrainConfig) -> Backbone:
-        return backbone  # images are resized to the backbone's input size: nothing depends on the data
+        # Images are resized to the backbone's input size: nothing depends on the data. A smaller training
+        # size must suit the network (a ViT's position embeddings fix its size): one tiny forward says.
+        if cfg.train_size is not None and cfg.train_size != backbone.preprocess.input_size:
+            try:
+                with torch.no_grad():
+                    backbone.module.eval()(torch.zeros(1, 3, cfg.train_size, cfg.train_size))
+            except Exception as e:  # the network's own error names what it needs
+                raise HeadstartError(f"train_size={cfg.train_size}: the backbone does not take "
+                                     f"{cfg.train_size}x{cfg.train_size} inputs ({type(e).__name__}: {e}). Drop "
+                                     "--train-size, or use a CNN backbone (global pooling takes any size).") from e
+        return backbone
 
     def check_config(self, cfg: TrainConfig) -> TrainConfig:
         return cfg
 
     def augmentation(self, cfg: TrainConfig) -> Callable | None:
-        """``f(batch, generator)``: random flip + resized crop of uint8 batches while the backbone trains."""
-        return augment if cfg.augment else None
+        """``f(batch, generator)``: random flip + resized crop of uint8 batches while the backbone trains,
+        output at ``train_size`` when it is set (then, without ``augment``, a plain resize)."""
+        if cfg.train_size is None:
+            return augment if cfg.augment else None
+        if cfg.augment:
+            return functools.partial(augment, size=cfg.train_size)
+        return functools.partial(augment, size=cfg.train_size, flip=False, scale=(1.0, 1.0))
 
     def baselines(self, model: TransferModel, backbone: Backbone, cfg: TrainConfig) -> Baselines:
         return Baselines(model, backbone, cfg)

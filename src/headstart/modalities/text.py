@@ -115,6 +115,8 @@ class TextModality:
         if cfg.harden:
             raise HeadstartError("--harden defends against perturbations in the [0, 1] pixel space, which token ids "
                                  "do not have (`headstart audit` says the same of text runs): drop --harden.")
+        if cfg.train_size is not None:
+            raise HeadstartError("train_size resizes training images; texts have no size: drop --train-size.")
         if cfg.cut_stage is not None:
             raise HeadstartError("cut_stage drops the top stages of image backbones; text backbones keep every "
                                  "layer (freeze the lower ones with --freeze-stages instead).")

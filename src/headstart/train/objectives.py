@@ -5,6 +5,7 @@ adds an Objective, and data it needs beside ``(x, y)`` rides in :attr:`Batch.ext
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,3 +60,30 @@ class Objective:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class Draws:
+    """Batches drawn at random from examples beside the training set (a target domain, an unlabelled pool),
+    augmented by ``augment(x, generator)`` when given. Its own random stream, saved in the objective's
+    ``state_dict``, so a resumed fit draws the same batches. Every process draws the same ones (its own
+    stream would need the process index); the labelled batches differ, so each epoch still covers them."""
+
+    def __init__(self, x: torch.Tensor, seed: int, augment: Callable | None = None):
+        self.x, self.augment = x, augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __call__(self, n: int, device, *, augment: bool = True) -> torch.Tensor:
+        xb = self.x[torch.randint(len(self.x), (n,), generator=self.generator)]
+        if augment and self.augment is not None:
+            xb = self.augment(xb, self.generator)
+        return xb.to(device)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
