@@ -27,7 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from headstart.adapt import AdaptConfig
 from headstart.adapt.objectives import target_objective
 from headstart.adapt.pipeline import adapt as run_adapt
-from headstart.adapt.pipeline import compare_trained, draw_target
+from headstart.adapt.pipeline import compare_trained, draw_examples
 from headstart.assess.calibration import apply_temperature
 from headstart.assess.metrics import classification_metrics
 from headstart.assess.plan import plan_for_data
@@ -281,7 +281,8 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         self.target_adaptation_ = None
         if target is None:
             return None
-        examples, n = draw_target(self._read_pool(modality, target), cfg.target_max, cfg.seed)
+        examples, n = draw_examples(self._read_pool(modality, target), cfg.target_max, cfg.seed,
+                                    "--target examples (target_max)")
         enc = modality.encode(examples, backbone)
         if not len(enc.index):
             raise DataError(f"None of the {n} --target {modality.noun} could be read.")
@@ -299,7 +300,7 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             return None
         from headstart.semi.fixmatch import FixMatchObjective
 
-        examples, _ = draw_target(pool, cfg.ssl_pool_max, cfg.seed)
+        examples, _ = draw_examples(pool, cfg.ssl_pool_max, cfg.seed, "pool images (ssl_pool_max)")
         enc = modality.encode(examples, backbone)
         if not len(enc.index):
             raise DataError(f"None of the {len(examples)} unlabelled {modality.noun} could be read.")
@@ -329,8 +330,9 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
             return
         before = copy.deepcopy(self.model_)
         before.load_state_dict(objective.before)
-        rec["comparison"] = compare_trained(before, self.model_, self.modality_, backbone, train_ex, val_ex,
-                                            self._target_examples, classes=self.classes_, seed=self.fitted_config_.seed,
+        target, self._target_examples = self._target_examples, None  # not kept past the fit
+        rec["comparison"] = compare_trained(before, self.model_, self.modality_, backbone, train_ex, val_ex, target,
+                                            classes=self.classes_, seed=self.fitted_config_.seed,
                                             precision=self.history_.inference_precision, name=rec["method"])
         if not rec["comparison"]["estimated_better"]:
             log.warning("--target %s: the label-free scores do not say the adapted model beats the head on the "

@@ -38,7 +38,7 @@ from headstart.features.cache import cached_features
 from headstart.semi.methods import Feats, head_probs
 
 log = logging.getLogger("headstart")
-__all__ = ["Adapted", "adapt", "applicable", "compare_trained", "draw_target"]
+__all__ = ["Adapted", "adapt", "applicable", "compare_trained", "draw_examples"]
 HEAD_ONLY = ("coral", "self-training")  # the backbone is unchanged: the source model's features serve
 
 
@@ -65,7 +65,7 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
     """Adapt ``model`` (trained on ``train_ex``; ``val_ex`` its validation split) to ``target``."""
     t0 = time.perf_counter()
     methods = _methods(cfg.method, modality.name, model)
-    target, n_target = draw_target(target, cfg.max_images, cfg.seed)
+    target, n_target = draw_examples(target, cfg.max_images, cfg.seed)
     device = next(model.parameters()).device
     tgt = modality.encode(target, encoder)
     src = modality.encode(train_ex, encoder)
@@ -182,15 +182,15 @@ def _methods(method: str, modality_name: str, model: TransferModel) -> list[str]
     return [] if method == "source-only" else [method]
 
 
-def draw_target(target, max_images: int, seed: int):
-    """At most ``max_images`` of the target examples, drawn with ``seed`` (in their order), and how many
-    there were."""
-    n = len(target)
+def draw_examples(examples, max_images: int, seed: int, what: str = "target examples (max_images)"):
+    """At most ``max_images`` of the examples (a target domain, a pool), drawn with ``seed`` (kept in their
+    order), and how many there were."""
+    n = len(examples)
     if n > max_images:
         idx = np.sort(np.random.default_rng(seed).choice(n, max_images, replace=False))
-        target = target.subset(idx.tolist())
-        log.info("adapt: %d of the %d target examples drawn (max_images)", max_images, n)
-    return target, n
+        examples = examples.subset(idx.tolist())
+        log.info("%d of the %d %s drawn", max_images, n, what)
+    return examples, n
 
 
 def _labels(examples, index, classes) -> torch.Tensor:
