@@ -181,5 +181,18 @@ def test_fit_with_a_smaller_train_size_trains_on_it_and_predicts_at_the_input_si
 
 
 def test_bad_train_sizes_are_refused_with_the_fix():
+    from headstart.modalities import modality_named
+
     with pytest.raises(Exception, match=r"train_size is a side in pixels in \[32, 1024\]; got 8"):
         TrainConfig(train_size=8)
+    with pytest.raises(Exception, match="texts have no size: drop --train-size"):
+        modality_named("text").check_config(TrainConfig(train_size=160))
+
+
+def test_train_size_is_refused_for_a_backbone_that_takes_one_size_only():
+    from conftest import make_images
+
+    x, y = make_images(n_per_class=4, size=24)
+    with pytest.raises(Exception, match="train_size=32: the backbone does not take 32x32 inputs"):
+        TransferClassifier("timm:test_vit3", pretrained=False, strategy="full", train_size=32, precision="fp32",
+                           baselines=False).fit(list(x), y)
