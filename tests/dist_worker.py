@@ -85,13 +85,19 @@ def run_train(a: argparse.Namespace) -> None:
             "baselines": a.baselines, "seed": a.seed}
     if a.baseline_seconds is not None:
         opts["baseline_seconds"] = a.baseline_seconds
+    target = None
+    if a.target_method:
+        opts["target_method"] = a.target_method
+        xt, _ = make_images(n_per_class=a.n_per_class, size=a.size, seed=5)
+        target = (xt * 0.5).astype(xt.dtype)  # the same shifted images on every process
     clf = TransferClassifier(TINY, strategy=a.strategy, pretrained=False, **opts)
-    clf.fit(x, y, out=a.run_dir)
+    clf.fit(x, y, target=target, out=a.run_dir)
     info = runtime_info()
     info["epochs"] = [{k: v for k, v in r.items() if k not in TIMING} for r in clf.history_.epochs]
     info["phases"] = [p["name"] for p in clf.history_.phases]
     info["n_train"], info["n_val"] = clf.data_info_["n_train"], clf.data_info_["n_val"]
     info["baselines_ran"] = clf.baselines_ is not None
+    info["target_adaptation"] = getattr(clf, "target_adaptation_", None)
     state = {k: v.detach().clone() for k, v in clf.model_.state_dict().items()}
     start = initial_backbone(a.seed)
     initial = {f"backbone.{k}": v.detach().clone() for k, v in start.state_dict().items()}
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n-per-class", type=int, default=8)
     p.add_argument("--size", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-method", default=None, help="train with a --target set (shifted copies) and this method")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--n-examples", type=int, default=11)
     a = p.parse_args(argv)

@@ -120,6 +120,15 @@ def test_two_process_fit_ends_identical_on_both_ranks_and_writes_the_run_once(tm
     assert logged == infos[0]["epochs"]  # one line per epoch, none from rank 1
 
 
+def test_two_process_fit_with_a_target_trains_under_ddp_and_ends_identical(tmp_path):
+    """DANN's wrapper (model + discriminator, both domains in one forward) is what DDP wraps: every parameter
+    gets a gradient each step (no unused-parameter error, no hang) and both ranks end with the same model."""
+    infos = launch(2, "train", tmp_path / "out", *train_args("two-stage", 4, epochs=1, extra=("--target-method", "dann")))
+    r0, r1 = tensors(tmp_path / "out", 0)["state"], tensors(tmp_path / "out", 1)["state"]
+    assert max_abs_diff(r0, r1) == 0.0
+    assert infos[0]["target_adaptation"]["method"] == "dann" and infos[1]["target_adaptation"]["method"] == "dann"
+
+
 # --------------------------------------------------------------------------- b. N x b == 1 x N*b
 @pytest.mark.parametrize("strategy", ["full", "two-stage"])
 def test_two_processes_at_batch_b_train_like_one_process_at_batch_2b(tmp_path, strategy):
