@@ -165,7 +165,7 @@ class TextModality:
             raise HeadstartError(f"{str(directory)!r} is a text run without its {TEXT_FILES}/ folder "
                                  "(tokenizer / word list); copy the whole run directory.")
         if preprocess.kind == "tfidf":  # TF-IDF + logistic regression, kept by --strategy auto
-            return _empty_tfidf(files, preprocess, state, "backbone."), [], \
+            return _empty_tfidf(state, "backbone."), [], \
                 TfidfTokenizer.load(files, preprocess.ngrams, preprocess.lowercase, preprocess.max_length)
         hybrid = preprocess.ngrams > 0  # the encoder's embedding beside TF-IDF features, kept by auto
         prefix = "backbone.neural." if hybrid else "backbone."
@@ -177,13 +177,13 @@ class TextModality:
             stages = [Stage("embeddings", ("embeddings.weight",))]
         if not hybrid:
             return module, stages, tokenizer
-        tfidf = _empty_tfidf(files, preprocess, state, "backbone.tfidf.")
+        tfidf = _empty_tfidf(state, "backbone.tfidf.")
         features = int(meta["backbone"]["num_features"]) - tfidf.num_features
         return (HybridEncoder(module, tfidf, features), [],
                 HybridTokenizer(tokenizer, TfidfTokenizer.load(files, preprocess.ngrams, True, MAX_TERMS)))
 
 
-def _empty_tfidf(files: Path, preprocess: TextPreprocess, state: dict, prefix: str) -> TfidfEncoder:
+def _empty_tfidf(state: dict, prefix: str) -> TfidfEncoder:
     """A TF-IDF encoder the size of the saved idf (its values come with the run's weights)."""
     return TfidfEncoder(int(state[prefix + "idf"].shape[0]) - 1)
 
