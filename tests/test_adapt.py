@@ -235,6 +235,15 @@ def test_dann_trains_a_discriminator_beside_the_model_and_reports_before_and_aft
     cmp = rec["comparison"]
     assert set(cmp["scores"]) == {"source-only", "dann"} and isinstance(cmp["estimated_better"], bool)
     assert cmp["scores"]["source-only"] != cmp["scores"]["dann"]  # the backbone moved between the two
+    # the vote decides what is kept; --target-keep adapted keeps the adapted model whatever it says
+    assert rec["kept"] == ("dann" if cmp["estimated_better"] else "source-only")
+    forced = TransferClassifier(TINY, **TARGET, target_keep="adapted").fit(list(x), y, target=list(xt))
+    assert forced.target_adaptation_["kept"] == "dann"
+    same = all(torch.equal(a, b) for a, b in zip(clf.model_.state_dict().values(),
+                                                 forced.model_.state_dict().values()))
+    assert same == (rec["kept"] == "dann")
+    if rec["kept"] == "source-only":
+        assert clf.run_metrics()["model"].startswith("source-only")
     meta = json.loads((tmp_path / "run" / "headstart.json").read_text())
     assert meta["target_adaptation"] == rec and "discriminator" not in json.dumps(list(clf.model_.state_dict()))
     assert load(tmp_path / "run").target_adaptation_ == rec

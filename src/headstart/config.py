@@ -119,6 +119,10 @@ class TrainConfig:
                 "domains' covariances of the class logits. Strategies that train the backbone"})
     target_weight: float = field(default=1.0, metadata={
         "help": "--target: weight of the alignment loss beside the source cross-entropy"})
+    target_keep: str = field(default="vote", metadata={
+        "help": "--target: 'vote' keeps the adapted model only when the label-free scores say it beats the "
+                "source-only one (the head stage, on the pretrained features), else that one; 'adapted' always "
+                "keeps the adapted model"})
     target_max: int = field(default=5000, metadata={
         "help": "--target: at most this many target examples, drawn with the seed, are read and kept in memory"})
     track: str | None = field(default=None, metadata={
@@ -137,6 +141,7 @@ class TrainConfig:
         check_choice("harden_method", self.harden_method, HARDEN_METHODS)
         check_choice("ssl_method", self.ssl_method, SSL_METHODS)
         check_choice("target_method", self.target_method, TARGET_METHODS)
+        check_choice("target_keep", self.target_keep, ("vote", "adapted"))
         if self.train_size is not None and not 32 <= self.train_size <= 1024:
             raise HeadstartError(f"train_size is a side in pixels in [32, 1024]; got {self.train_size} (None trains "
                                  "at the model's input size).")

@@ -334,11 +334,20 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         rec["comparison"] = compare_trained(before, self.model_, self.modality_, backbone, train_ex, val_ex, target,
                                             classes=self.classes_, seed=self.fitted_config_.seed,
                                             precision=self.history_.inference_precision, name=rec["method"])
-        if not rec["comparison"]["estimated_better"]:
-            log.warning("--target %s: the label-free scores do not say the adapted model beats the head on the "
-                        "pretrained features (%s). Check it on labelled target data (`headstart evaluate`), or "
-                        "try `headstart adapt` on a run trained without --target.", rec["method"],
-                        rec["comparison"]["reason"])
+        better = rec["comparison"]["estimated_better"]
+        rec["kept"] = rec["method"] if better or self.fitted_config_.target_keep == "adapted" else "source-only"
+        if better:
+            return
+        if rec["kept"] == "source-only":  # as `adapt` does: no evidence it helps, so the source model stays
+            self.model_.load_state_dict(objective.before)
+            log.warning("--target %s: the label-free scores do not say the adapted model beats the source-only one "
+                        "(the head on the pretrained features): %s. The source-only model is kept; check both on "
+                        "labelled target data (`headstart evaluate`), and pass --target-keep adapted to keep the "
+                        "adapted one.", rec["method"], rec["comparison"]["reason"])
+        else:
+            log.warning("--target %s: the label-free scores do not say the adapted model beats the source-only one "
+                        "(%s); kept as --target-keep adapted asks. Check it on labelled target data.",
+                        rec["method"], rec["comparison"]["reason"])
 
     def _hardening(self, cfg: TrainConfig, data: TrainData):
         """``--harden``: the defence's objective, with the perturbed training images it needs in ``data``."""
@@ -386,6 +395,11 @@ class TransferClassifier(ClassifierMixin, BaseEstimator):
         if semi and semi["method"] not in ("supervised", "fixmatch"):  # fixmatch: the kept epoch is its model
             metrics = {"val_acc": semi["val_acc"], "model": f"semi-supervised head ({semi['method']})",
                        "supervised": metrics}
+        target = getattr(self, "target_adaptation_", None)
+        if target and target.get("kept") == "source-only":
+            source = target["comparison"]["scores"]["source-only"]
+            metrics = {"val_acc": source.get("source_val_acc"), "model": "source-only (the head stage; --target's "
+                       "label-free vote)", "adapted": metrics}
         selection = getattr(self, "selection_", None)
         if selection and selection["winner"] != TRANSFER:
             row = next(c for c in selection["candidates"] if c["name"] == selection["winner"])

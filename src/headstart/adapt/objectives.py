@@ -91,6 +91,9 @@ class _TargetObjective(Objective, Callback):
     from ``target`` (augmented like the training images by ``augment(x, generator)``)."""
 
     needs_inputs = True  # the target batch is raw inputs: the backbone must see raw source inputs too
+    # Source validation does not measure adaptation: the adapted stage is kept even when the head stage
+    # scored better on the source, and the label-free comparison after the fit says which is better.
+    phases_compete = False
 
     def __init__(self, target: torch.Tensor, *, weight: float, label_smoothing: float, seed: int,
                  augment: Callable | None = None):

@@ -114,6 +114,7 @@ def print_target_adaptation(console, record) -> None:
                       f"ClassAMI {fmt(s.get('class_ami'))}, DEV {fmt(s.get('dev'))}", highlight=False)
     verdict = "estimated better than" if cmp["estimated_better"] else "[bold]not estimated better[/bold] than"
     console.print(f"  adapted model {verdict} source-only: {cmp['reason']}", highlight=False)
+    console.print(f"  [bold]kept: {record['kept']}[/bold]", highlight=False)
 
 
 def print_adaptation(console, record, path) -> None:

@@ -94,6 +94,10 @@ class BestState(Callback):
     """
 
     def on_phase_start(self, fit, ph):
+        # An objective whose aim validation does not measure (adapting to a target domain: validation is
+        # the source) lets each phase keep its own best epoch instead of competing with the earlier phases.
+        if not getattr(fit.objective, "phases_compete", True):
+            return
         if not fit.resumes_mid_phase and fit.phase_index > 0 and ph.evaluate is not None:
             loss, acc = ph.evaluate()
             ph.best_score, ph.best_state = (-loss, acc), _state(fit, ph.module)

@@ -39,6 +39,9 @@ class Objective:
     # True when the loss needs the model's own inputs while the backbone trains (an attack in pixel space):
     # the loop then never swaps in a frozen-prefix cache, whose outputs are activations, not pixels.
     needs_inputs = False
+    # True: a later phase keeps its weights only when it beats the earlier phases on validation (BestState).
+    # An objective whose aim the validation split does not measure (a target domain) sets it False.
+    phases_compete = True
 
     def __init__(self, label_smoothing: float = 0.0):
         self.label_smoothing = label_smoothing
