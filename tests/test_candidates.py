@@ -280,7 +280,8 @@ def test_a_tfidf_run_exports_to_onnx_and_matches_its_predictions(tmp_path):
     from headstart.text import TextClassifier
 
     texts, labels = keyword_texts(10)
-    clf = TextClassifier("vectors:glove-6b-50d")  # only to hold the fitted parts: the TF-IDF model is the run
+    # only to hold the fitted parts (the TF-IDF model is the run); fp32, as the exported graph computes
+    clf = TextClassifier("vectors:glove-6b-50d", precision="fp32")
     clf.modality_ = __import__("headstart.modalities", fromlist=["modality_named"]).modality_named("text")
     cand = tfidf_candidate(fit_tfidf(texts, labels), sorted(set(labels)), 0.0)
     clf.model_, clf.preprocess_, clf.tokenizer_, clf.backbone_info_ = (cand.model, cand.preprocess, cand.tokenizer,
