@@ -87,7 +87,9 @@ def run_train(a: argparse.Namespace) -> None:
         opts["baseline_seconds"] = a.baseline_seconds
     target = None
     if a.target_method:
-        opts["target_method"] = a.target_method
+        # the label-free vote (and a swap to the source-only model) runs on the main process only, as every
+        # post-fit step does: keep the trained model so both ranks can be compared
+        opts["target_method"], opts["target_keep"] = a.target_method, "adapted"
         xt, _ = make_images(n_per_class=a.n_per_class, size=a.size, seed=5)
         target = (xt * 0.5).astype(xt.dtype)  # the same shifted images on every process
     clf = TransferClassifier(TINY, strategy=a.strategy, pretrained=False, **opts)
