@@ -139,6 +139,9 @@ def main() -> None:
     out = HERE / "results" / "finetune_speed.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
+    for r in rows[1:]:
+        tag = f"{r['loop'].split(', ')[1]}_{r['size']}"
+        print(f"RATIO finetune_{tag}_vs_plain: {r['ratio_to_plain']}x")
 
 
 if __name__ == "__main__":
