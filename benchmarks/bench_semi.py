@@ -128,8 +128,14 @@ def main() -> None:
             print(f"   {c['name']:18s} validation {c['val_acc']:.4f}  test {tests[c['name']]:.4f}  "
                   f"({c['n_pseudo']:,} pseudo-labels, {c['seconds']:.0f} s)")
         print(f"   kept: {rec['method']} ({rec['reason']}); the best on test: {best_on_test}")
-        goal = "met" if row["kept_test_acc"] >= 0.90 and wall <= 1800 else "NOT met"
-        print(f"   goal (>= 0.90 test accuracy within 30 min): {goal} ({row['kept_test_acc']:.4f}, {wall / 60:.1f} min)")
+        if args.dataset == "movies":
+            gain = row["kept_test_acc"] - tests["supervised"]
+            print(f"   goal (>= +3 points over the supervised head): {'met' if gain >= 0.03 else 'NOT met'} "
+                  f"({100 * gain:+.1f} points)")
+        else:
+            goal = "met" if row["kept_test_acc"] >= 0.90 and wall <= 1800 else "NOT met"
+            print(f"   goal (>= 0.90 test accuracy within 30 min): {goal} ({row['kept_test_acc']:.4f}, "
+                  f"{wall / 60:.1f} min)")
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=float))
     print(f"\nwrote {out}")
