@@ -75,8 +75,7 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
     val = modality.encode(val_ex, encoder) if val_ex is not None and len(val_ex) else None
     y_val = _labels(val_ex, val.index, classes) if val is not None else None
 
-    def embed(m, x):
-        return cached_features(m, x, preprocess=encoder.preprocess, precision=precision, device=device)[0].float()
+    embed = _embedder(encoder, precision, device)
 
     f_src, f_tgt = embed(model, src.x), embed(model, tgt.x)
     f_val = embed(model, val.x) if val is not None else None
@@ -115,6 +114,13 @@ def adapt(model: TransferModel, modality, encoder, train_ex, val_ex, target, cfg
         "note": "chosen without target labels; `headstart evaluate` on labelled target data measures the result",
     }
     return Adapted(models[winner], report, models)
+
+
+def _embedder(encoder, precision: str, device):
+    """``embed(model, x)``: the model's pooled features of encoded inputs, float32 (cached like training's)."""
+    def embed(m, x):
+        return cached_features(m, x, preprocess=encoder.preprocess, precision=precision, device=device)[0].float()
+    return embed
 
 
 def _overlap(f_src, f_tgt, f_val, seed: int):
@@ -157,8 +163,7 @@ def compare_trained(before: TransferModel, after: TransferModel, modality, encod
     val = modality.encode(val_ex, encoder) if val_ex is not None and len(val_ex) else None
     y_val = _labels(val_ex, val.index, classes) if val is not None else None
 
-    def embed(m, x):
-        return cached_features(m, x, preprocess=encoder.preprocess, precision=precision, device=device)[0].float()
+    embed = _embedder(encoder, precision, device)
 
     f_src, f_tgt = embed(before, src.x), embed(before, tgt.x)
     f_val = embed(before, val.x) if val is not None else None
